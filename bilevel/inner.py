@@ -32,11 +32,14 @@ class InnerInfo(NamedTuple):
         grad_norm: norm of the inner gradient at the returned point.
         loss: inner loss at the returned point.
         steps: number of optimizer steps taken.
+        loss_trace: the loss before each step, ``(max_steps,)``; NaN for steps not taken.
+            A trace that does not decrease shows a learning rate that is too high.
     """
 
     grad_norm: jax.Array
     loss: jax.Array
     steps: jax.Array
+    loss_trace: jax.Array
 
 
 class OptaxMinimizer(eqx.Module):
@@ -79,8 +82,7 @@ class OptaxMinimizer(eqx.Module):
         """Run the optimizer from ``init_params`` (a warm start); return ``(params, info)``."""
         value_and_grad = jax.value_and_grad(loss_fn)
 
-        def update(params, opt_state):
-            _, grads = value_and_grad(params, *args)
+        def update(params, opt_state, grads):
             updates, opt_state = self.optimizer.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state
 
@@ -88,27 +90,37 @@ class OptaxMinimizer(eqx.Module):
         if self.tol is None:
 
             def body(carry, _):
-                return update(*carry), None
+                params, opt_state = carry
+                loss, grads = value_and_grad(params, *args)
+                return update(params, opt_state, grads), loss
 
-            (params, _), _ = jax.lax.scan(body, (init_params, opt_state), None, length=self.steps)
+            (params, _), trace = jax.lax.scan(
+                body, (init_params, opt_state), None, length=self.steps
+            )
             steps = jnp.asarray(self.steps)
         else:
-            g0 = tree_norm(jax.grad(loss_fn)(init_params, *args))
+            # The loss and gradient at the current point decide whether to stop and drive the
+            # update, so each step costs one gradient evaluation, as in the fixed-step branch.
+            loss0, grads0 = value_and_grad(init_params, *args)
+            dtype = jnp.result_type(loss0)
+            trace0 = jnp.full((self.steps,), jnp.nan, dtype)
 
             def cond(carry):
-                _, _, k, gnorm = carry
-                return (k < self.steps) & (gnorm > self.tol)
+                _, _, k, _, grads, _ = carry
+                return (k < self.steps) & (tree_norm(grads) > self.tol)
 
             def body_while(carry):
-                params, opt_state, k, _ = carry
-                params, opt_state = update(params, opt_state)
-                return params, opt_state, k + 1, tree_norm(jax.grad(loss_fn)(params, *args))
+                params, opt_state, k, loss, grads, trace = carry
+                trace = trace.at[k].set(loss)
+                params, opt_state = update(params, opt_state, grads)
+                loss, grads = value_and_grad(params, *args)
+                return params, opt_state, k + 1, loss, grads, trace
 
-            params, _, steps, _ = jax.lax.while_loop(
-                cond, body_while, (init_params, opt_state, jnp.asarray(0), g0)
+            params, _, steps, _, _, trace = jax.lax.while_loop(
+                cond, body_while, (init_params, opt_state, jnp.asarray(0), loss0, grads0, trace0)
             )
         loss, grads = value_and_grad(params, *args)
-        return params, InnerInfo(tree_norm(grads), loss, steps)
+        return params, InnerInfo(tree_norm(grads), loss, steps, trace)
 
 
 def argmin(

@@ -204,7 +204,8 @@ class AdamQuadratic(AbstractLinearSolver):
 
     Args:
         steps: number of optimizer steps (RCIG's ``n_H``).
-        learning_rate: learning rate of the default optimizer, Adam.
+        learning_rate: learning rate of the default optimizer, Adam (a number, or a jax array
+            so that it can change between calls of a jitted function without recompiling).
         optimizer: any ``optax.GradientTransformation``; overrides ``learning_rate``.
         normalize: solve for ``b / ||b||`` and rescale.
 
@@ -215,13 +216,16 @@ class AdamQuadratic(AbstractLinearSolver):
     """
 
     steps: int = eqx.field(default=200, static=True)
-    learning_rate: float = eqx.field(default=0.02, static=True)
+    learning_rate: float | jax.Array = 0.02
     optimizer: optax.GradientTransformation | None = eqx.field(default=None, static=True)
     normalize: bool = eqx.field(default=True, static=True)
 
     def __check_init__(self):
         _check_positive_int("steps", self.steps, "AdamQuadratic", allow_zero=True)
-        if not isinstance(self.learning_rate, (int, float)) or self.learning_rate <= 0:
+        lr = self.learning_rate
+        if not isinstance(lr, jax.Array) and (
+            isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0
+        ):
             raise ValueError(
                 f"AdamQuadratic: `learning_rate` must be a positive number, "
                 f"got {self.learning_rate!r}."
@@ -236,6 +240,18 @@ class AdamQuadratic(AbstractLinearSolver):
 
     def __call__(self, matvec: Matvec, b: PyTree, init: PyTree | None = None) -> PyTree:
         """Solve; ``init`` is an optional warm start (in the units of ``x``)."""
+        return self.solve_with_trace(matvec, b, init)[0]
+
+    def solve_with_trace(
+        self, matvec: Matvec, b: PyTree, init: PyTree | None = None
+    ) -> tuple[PyTree, jax.Array]:
+        """Solve and return the quadratic objective ``½xᵀAx − bᵀx`` along the way.
+
+        Returns:
+            ``(x, trace)``; ``trace`` has ``steps + 1`` entries, the objective (in the units of
+            the normalised problem) before each step and at the returned point. A trace that is
+            not decreasing shows a learning rate that is too high (RCIG tunes it from this).
+        """
         opt = self.optimizer if self.optimizer is not None else optax.adam(self.learning_rate)
         if self.normalize:
             nb = tree_norm(b)
@@ -245,14 +261,19 @@ class AdamQuadratic(AbstractLinearSolver):
         b_unit = tree_scale(1.0 / scale, b)
         x0 = tree_zeros_like(b) if init is None else tree_scale(1.0 / scale, init)
 
+        def objective_and_grad(x):
+            ax = matvec(x)
+            return 0.5 * tree_vdot(x, ax) - tree_vdot(b_unit, x), tree_sub(ax, b_unit)
+
         def step(carry, _):
             x, state = carry
-            grad = tree_sub(matvec(x), b_unit)
+            value, grad = objective_and_grad(x)
             updates, state = opt.update(grad, state, x)
-            return (optax.apply_updates(x, updates), state), None
+            return (optax.apply_updates(x, updates), state), value
 
-        (x, _), _ = jax.lax.scan(step, (x0, opt.init(x0)), None, length=self.steps)
-        return tree_scale(scale, x)
+        (x, _), trace = jax.lax.scan(step, (x0, opt.init(x0)), None, length=self.steps)
+        final, _ = objective_and_grad(x)
+        return tree_scale(scale, x), jnp.append(trace, final)
 
 
 class Dense(AbstractLinearSolver):

@@ -1,0 +1,276 @@
+"""VIG, CIG, RIG, RCIG and the FRePo-like baseline as compositions of named pieces.
+
+| algorithm | network (``networks``) | head (``objectives``) | outer loss |
+|---|---|---|---|
+| :func:`vig` | :class:`StandardNetwork` | :class:`JointHead` | Platt cross-entropy |
+| :func:`cig` | :class:`LinearizedNetwork` | :class:`JointHead` | Platt cross-entropy |
+| :func:`rig` | :class:`StandardNetwork` | :class:`ClosedFormHead` | Platt cross-entropy |
+| :func:`rcig` | :class:`LinearizedNetwork` | :class:`ClosedFormHead` | Platt cross-entropy |
+| :func:`frepo` | :class:`LinearizedNetwork` | :class:`ClosedFormHead`; ``n_inner = n_H = 0`` | MSE|
+
+Every one computes its meta-gradient the same way (:func:`meta_loss`): the inner problem is
+solved by ``bilevel.argmin`` (optax inner solver, ``n_inner`` steps, from ``Δ = 0``), whose
+output is differentiable in the support set through ``bilevel.custom_root`` (the implicit
+gradient, with ``v = H⁻¹g`` from the linear solver: ``AdamQuadratic`` with ``n_H`` steps by
+default); the prediction on the target batch depends on the support set directly too (the
+closed-form head), and ``jax.grad`` of the outer loss adds both parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array
+
+import bilevel
+from distillation.models import ConvNet
+from distillation.networks import AbstractNetwork, LinearizedNetwork, StandardNetwork
+from distillation.objectives import (
+    AbstractHead,
+    ClosedFormHead,
+    JointHead,
+    mean_squared_error,
+    platt_cross_entropy,
+)
+
+OuterLoss = Callable[[Array, Array, Array], Array]
+
+
+class SupportSet(eqx.Module):
+    """The learned support set: images ``(N, H, W, C)``, labels ``(N, K)``, ``log τ``."""
+
+    images: Array
+    labels: Array
+    log_temperature: Array
+
+
+class LearningRates(NamedTuple):
+    """The automatically tuned learning rates (arrays, so changing them does not recompile)."""
+
+    inner: Array
+    hessian: Array
+
+
+class MetaInfo(NamedTuple):
+    """Diagnostics of one meta-gradient evaluation."""
+
+    outer_loss: Array
+    inner_loss: Array
+    inner_grad_norm: Array
+    inner_loss_trace: Array
+    accuracy: Array
+
+
+class Algorithm(eqx.Module):
+    """A composition of pieces; build one with :func:`vig`, :func:`cig`, :func:`rig`,
+    :func:`rcig` or :func:`frepo`.
+
+    Attributes:
+        name: for logs and exports.
+        network: the inner model's parameterisation (a class from ``networks``).
+        head: how the final layer is treated (``JointHead`` or ``ClosedFormHead``).
+        outer_loss: ``(outputs, labels, log_temperature) -> scalar``.
+        n_inner: inner optimizer steps.
+        n_hessian: steps of the linear solver for ``v = H⁻¹g`` (``AdamQuadratic``).
+        linear_solver: a fixed linear solver to use instead of the tuned ``AdamQuadratic``
+            (e.g. ``bilevel.CG()`` or ``bilevel.Dense()``); ``None`` for ``AdamQuadratic``.
+        inner_optimizer: learning rate → optax optimizer for the inner problem.
+    """
+
+    name: str = eqx.field(static=True)
+    network: type[AbstractNetwork] = eqx.field(static=True)
+    head: AbstractHead = eqx.field(static=True)
+    outer_loss: OuterLoss = eqx.field(static=True)
+    n_inner: int = eqx.field(static=True)
+    n_hessian: int = eqx.field(static=True)
+    linear_solver: Any = eqx.field(default=None, static=True)
+    inner_optimizer: Callable[[Any], optax.GradientTransformation] = eqx.field(
+        default=optax.adam, static=True
+    )
+
+    def __check_init__(self):
+        for name in ("n_inner", "n_hessian"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{self.name}: `{name}` must be an integer >= 0, got {value!r}.")
+
+    @property
+    def uses_learning_rates(self) -> bool:
+        return self.n_inner > 0 or (self.n_hessian > 0 and self.linear_solver is None)
+
+    def minimizer(self, lr: Array) -> bilevel.OptaxMinimizer:
+        return bilevel.OptaxMinimizer(self.inner_optimizer(lr), steps=self.n_inner)
+
+    def hessian_solver(self, lr: Array):
+        if self.linear_solver is not None:
+            return self.linear_solver
+        return bilevel.AdamQuadratic(steps=self.n_hessian, learning_rate=lr)
+
+    def solve_inner(self, net, x_s, y_s, l2, lrs: LearningRates):
+        """The inner solution, differentiable in ``(x_s, y_s)`` by implicit differentiation."""
+        return bilevel.argmin(
+            self.head.inner_loss,
+            self.head.init(net),
+            net,
+            x_s,
+            y_s,
+            l2,
+            minimizer=self.minimizer(lrs.inner),
+            solve=self.hessian_solver(lrs.hessian),
+        )
+
+
+def meta_loss(
+    support: SupportSet,
+    algorithm: Algorithm,
+    model0: ConvNet,
+    x_target: Array,
+    y_target: Array,
+    l2: Array,
+    lrs: LearningRates,
+    constant: SupportSet | None = None,
+) -> tuple[Array, MetaInfo]:
+    """The outer loss of one meta-step; ``jax.grad`` of it is the meta-gradient (direct +
+    implicit) with respect to ``support``.
+
+    Args:
+        support: the support set being learned (the differentiated part).
+        algorithm: the composition.
+        model0: the pool model ``θ₀`` (linearisation point / start of the inner problem).
+        x_target, y_target: a batch of real images and one-hot labels.
+        l2: ``λ``.
+        lrs: inner and Hessian-inverse learning rates.
+        constant: extra support images/labels that take part in the inner problem but get no
+            gradient (the rest of the set under bias-free subsampling), or ``None``.
+    """
+    x_s, y_s = support.images, support.labels
+    if constant is not None:
+        x_s = jnp.concatenate([x_s, jax.lax.stop_gradient(constant.images)])
+        y_s = jnp.concatenate([y_s, jax.lax.stop_gradient(constant.labels)])
+    net = algorithm.network(model0)
+    delta, info = algorithm.solve_inner(net, x_s, y_s, l2, lrs)
+    outputs = algorithm.head.predict(delta, net, x_s, y_s, l2, x_target)
+    loss = algorithm.outer_loss(outputs, y_target, support.log_temperature)
+    accuracy = jnp.mean(jnp.argmax(outputs, -1) == jnp.argmax(y_target, -1))
+    meta_info = MetaInfo(loss, info.loss, info.grad_norm, info.loss_trace, accuracy)
+    return loss, jax.lax.stop_gradient(meta_info)
+
+
+def vig(
+    n_inner: int = 20,
+    n_hessian: int = 20,
+    linear_solver=None,
+    inner_optimizer=optax.adam,
+) -> Algorithm:
+    """Vanilla implicit gradients: the network trained with standard dynamics.
+
+    Args:
+        n_inner: inner optimizer steps.
+        n_hessian: ``AdamQuadratic`` steps for ``v = H⁻¹g``.
+        linear_solver: a fixed ``bilevel`` linear solver instead of the tuned ``AdamQuadratic``.
+        inner_optimizer: ``learning_rate -> optax optimizer`` for the inner problem.
+    """
+    return Algorithm(
+        "vig",
+        StandardNetwork,
+        JointHead(),
+        platt_cross_entropy,
+        n_inner,
+        n_hessian,
+        linear_solver,
+        inner_optimizer,
+    )
+
+
+def cig(
+    n_inner: int = 20,
+    n_hessian: int = 20,
+    linear_solver=None,
+    inner_optimizer=optax.adam,
+) -> Algorithm:
+    """Convexified implicit gradients: the centred linearisation, head trained with the body.
+
+    Arguments as :func:`vig`.
+    """
+    return Algorithm(
+        "cig",
+        LinearizedNetwork,
+        JointHead(),
+        platt_cross_entropy,
+        n_inner,
+        n_hessian,
+        linear_solver,
+        inner_optimizer,
+    )
+
+
+def rig(
+    n_inner: int = 20,
+    n_hessian: int = 20,
+    linear_solver=None,
+    inner_optimizer=optax.adam,
+    precision: str = "float32",
+) -> Algorithm:
+    """Implicit gradients with the closed-form final layer on a standard-dynamics network.
+
+    Arguments as :func:`vig`, plus ``precision`` of the ``|S|×|S|`` solve
+    (:class:`~distillation.objectives.ClosedFormHead`).
+    """
+    return Algorithm(
+        "rig",
+        StandardNetwork,
+        ClosedFormHead(precision),
+        platt_cross_entropy,
+        n_inner,
+        n_hessian,
+        linear_solver,
+        inner_optimizer,
+    )
+
+
+def rcig(
+    n_inner: int = 20,
+    n_hessian: int = 20,
+    linear_solver=None,
+    inner_optimizer=optax.adam,
+    precision: str = "float32",
+) -> Algorithm:
+    """RCIG: centred linearisation + closed-form final layer + ``AdamQuadratic`` for ``H⁻¹g``.
+
+    Arguments as :func:`rig`.
+    """
+    return Algorithm(
+        "rcig",
+        LinearizedNetwork,
+        ClosedFormHead(precision),
+        platt_cross_entropy,
+        n_inner,
+        n_hessian,
+        linear_solver,
+        inner_optimizer,
+    )
+
+
+def frepo(precision: str = "float32") -> Algorithm:
+    """FRePo-like baseline: RCIG with ``n_inner = n_H = 0`` and an MSE outer loss.
+
+    With no inner steps ``Δ_B = 0``, so the prediction is kernel ridge regression on the pool
+    model's last-layer features and the meta-gradient is the direct gradient only.
+    """
+    return Algorithm(
+        "frepo", LinearizedNetwork, ClosedFormHead(precision), mean_squared_error, 0, 0
+    )
+
+
+ALGORITHMS: dict[str, Callable[..., Algorithm]] = {
+    "vig": vig,
+    "cig": cig,
+    "rig": rig,
+    "rcig": rcig,
+    "frepo": frepo,
+}

@@ -1,0 +1,478 @@
+"""Algorithm 1: the distillation loop, composed from named pieces.
+
+* :func:`init_support` — a support set initialised from real images (``ipc`` per class).
+* :func:`random_subset` — the random-subset baseline (real images, one-hot labels).
+* :func:`meta_optimizer` — AdaBelief, lr 0.003 on images and labels, 0.03 on ``log τ``.
+* :func:`make_step` — one jitted meta-iteration: sample a pool model and a target batch, take
+  the meta-gradient (:func:`distillation.algorithms.meta_loss`), update the support set, train
+  the pool model one step, probe the learning rates every few iterations.
+* :func:`distill` — the host loop: progress bar with the current losses, checkpoints, resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array
+
+from distillation.algorithms import Algorithm, LearningRates, SupportSet, meta_loss
+from distillation.models import conv_net
+from distillation.pool import ModelPool, PoolState
+from distillation.tuning import LearningRateTuner
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Settings of a distillation run (parsed at the entry point; typed all the way down).
+
+    Defaults are the paper's (Section 4 / Appendix): m = 30, K = 100, AdaBelief 0.003 / 0.03,
+    ``λ = 0.0005·|S|``.
+    """
+
+    steps: int = 1000
+    pool_size: int = 30
+    reset_every: int = 100
+    target_batch: int = 256
+    lr_support: float = 0.003
+    lr_temperature: float = 0.03
+    l2_per_image: float = 0.0005
+    init_temperature: float = 0.1
+    inner_lr: float = 1e-2
+    hessian_lr: float = 1e-2
+    tune_every: int = 10
+    pool_lr: float = 1e-3
+    flip: bool = False
+    n_subset: int | None = None
+    width: int = 128
+    depth: int | None = None
+    norm: str = "none"
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+    def __post_init__(self):
+        positive_ints = (
+            "steps",
+            "pool_size",
+            "reset_every",
+            "target_batch",
+            "width",
+            "checkpoint_every",
+            "log_every",
+        )
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (name != "steps"):
+                raise ValueError(
+                    f"DistillConfig: `{name}` must be a positive integer, got {value!r}."
+                )
+        for name in (
+            "lr_support",
+            "lr_temperature",
+            "init_temperature",
+            "inner_lr",
+            "hessian_lr",
+            "pool_lr",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(
+                    f"DistillConfig: `{name}` must be a positive number, got {value!r}."
+                )
+        if not self.l2_per_image >= 0:
+            raise ValueError(
+                f"DistillConfig: `l2_per_image` must be >= 0, got {self.l2_per_image!r}."
+            )
+        if self.n_subset is not None and self.n_subset < 1:
+            raise ValueError(
+                f"DistillConfig: `n_subset` must be None or >= 1, got {self.n_subset!r}."
+            )
+
+
+class DistillState(eqx.Module):
+    """Everything a run needs to continue: checkpoints hold exactly this."""
+
+    support: SupportSet
+    opt_state: optax.OptState
+    pool: PoolState
+    lrs: LearningRates
+    key: Array
+    step: Array
+
+
+def init_support(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    ipc: int,
+    *,
+    key: Array,
+    init_temperature: float = 0.1,
+) -> SupportSet:
+    """``ipc`` real images per class drawn at random, one-hot labels (the paper's start)."""
+    picks = _pick_per_class(labels, num_classes, ipc, key)
+    onehot = np.eye(num_classes, dtype=np.float32)[labels[picks]]
+    return SupportSet(
+        jnp.asarray(images[picks], jnp.float32),
+        jnp.asarray(onehot),
+        jnp.asarray(np.log(init_temperature), jnp.float32),
+    )
+
+
+def random_subset(
+    images: np.ndarray, labels: np.ndarray, num_classes: int, ipc: int, *, key: Array
+) -> SupportSet:
+    """The random-subset baseline: real images with one-hot labels, no optimisation."""
+    return init_support(images, labels, num_classes, ipc, key=key)
+
+
+def _pick_per_class(labels: np.ndarray, num_classes: int, ipc: int, key: Array) -> np.ndarray:
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+    picks = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        if len(members) < ipc:
+            raise ValueError(
+                f"ipc={ipc} images per class requested, but class {c} has only "
+                f"{len(members)} training images."
+            )
+        picks.append(rng.choice(members, size=ipc, replace=False))
+    return np.concatenate(picks)
+
+
+def meta_optimizer(config: DistillConfig) -> optax.GradientTransformation:
+    """AdaBelief on the support set: ``lr_support`` for images and labels, ``lr_temperature``
+    for ``log τ``."""
+    labels = SupportSet(images="support", labels="support", log_temperature="temperature")
+    return optax.multi_transform(
+        {
+            "support": optax.adabelief(config.lr_support),
+            "temperature": optax.adabelief(config.lr_temperature),
+        },
+        labels,
+    )
+
+
+def flip_augment(images: Array, labels: Array) -> tuple[Array, Array]:
+    """The flip strategy: the images and their horizontal mirrors, labels repeated."""
+    return jnp.concatenate([images, images[:, :, ::-1]]), jnp.concatenate([labels, labels])
+
+
+def make_pool(image_shape, num_classes, config: DistillConfig) -> ModelPool:
+    def make_model(key):
+        return conv_net(
+            image_shape,
+            num_classes,
+            key=key,
+            width=config.width,
+            depth=config.depth,
+            norm=config.norm,
+            activation="softplus",
+        )
+
+    return ModelPool(make_model, config.pool_size, config.reset_every, optax.adam(config.pool_lr))
+
+
+def init_state(
+    support: SupportSet, pool: ModelPool, config: DistillConfig, *, key: Array
+) -> DistillState:
+    k_pool, k_run = jax.random.split(key)
+    return DistillState(
+        support=support,
+        opt_state=meta_optimizer(config).init(support),
+        pool=pool.init(key=k_pool),
+        lrs=LearningRates(
+            jnp.asarray(config.inner_lr, jnp.float32), jnp.asarray(config.hessian_lr, jnp.float32)
+        ),
+        key=k_run,
+        step=jnp.asarray(0, jnp.int32),
+    )
+
+
+def make_step(
+    algorithm: Algorithm,
+    pool: ModelPool,
+    config: DistillConfig,
+    tuner: LearningRateTuner,
+) -> Callable[[DistillState, Array, Array], tuple[DistillState, dict[str, Array]]]:
+    """One meta-iteration of Algorithm 1 as a pure function (jit it once)."""
+    optimizer = meta_optimizer(config)
+
+    def step(state: DistillState, x_train: Array, y_train: Array):
+        key, k_model, k_batch, k_subset, k_renew = jax.random.split(state.key, 5)
+        index = jax.random.randint(k_model, (), 0, pool.size)
+        model0 = pool.model(state.pool, index)
+        batch = jax.random.randint(k_batch, (config.target_batch,), 0, x_train.shape[0])
+        x_t, y_t = x_train[batch], y_train[batch]
+
+        n_support = state.support.images.shape[0] * (2 if config.flip else 1)
+        l2 = jnp.asarray(config.l2_per_image * n_support, jnp.float32)
+
+        sub_index, rest = _subsample(state.support, config.n_subset, k_subset)
+
+        def loss_fn(diff_part: SupportSet):
+            images, labels = diff_part.images, diff_part.labels
+            const = rest
+            if config.flip:
+                images, labels = flip_augment(images, labels)
+                if const is not None:
+                    const = SupportSet(
+                        *flip_augment(const.images, const.labels), const.log_temperature
+                    )
+            return meta_loss(
+                SupportSet(images, labels, diff_part.log_temperature),
+                algorithm,
+                model0,
+                x_t,
+                y_t,
+                l2,
+                state.lrs,
+                constant=const,
+            )
+
+        diff_part = state.support if sub_index is None else _take(state.support, sub_index)
+        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(diff_part)
+        if sub_index is not None:
+            grads = SupportSet(
+                jnp.zeros_like(state.support.images).at[sub_index].set(grads.images),
+                jnp.zeros_like(state.support.labels).at[sub_index].set(grads.labels),
+                grads.log_temperature,
+            )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.support)
+        support = optax.apply_updates(state.support, updates)
+
+        x_pool, y_pool = support.images, support.labels
+        if config.flip:
+            x_pool, y_pool = flip_augment(x_pool, y_pool)
+        pool_state, pool_loss = pool.train_step(state.pool, index, x_pool, y_pool, key=k_renew)
+
+        lrs = state.lrs
+        if tuner.every > 0 and algorithm.uses_learning_rates:
+            x_s, y_s = state.support.images, state.support.labels
+            if config.flip:
+                x_s, y_s = flip_augment(x_s, y_s)
+            net = algorithm.network(model0)
+            lrs = jax.lax.cond(
+                state.step % tuner.every == 0,
+                lambda: tuner.probe(
+                    algorithm, net, x_s, y_s, l2, x_t, y_t, state.support.log_temperature, state.lrs
+                ),
+                lambda: state.lrs,
+            )
+        new_state = DistillState(support, opt_state, pool_state, lrs, key, state.step + 1)
+        metrics = {
+            "outer_loss": loss,
+            "target_acc": info.accuracy,
+            "inner_loss": info.inner_loss,
+            "inner_grad_norm": info.inner_grad_norm,
+            "pool_loss": pool_loss,
+            "inner_lr": lrs.inner,
+            "hessian_lr": lrs.hessian,
+            "temperature": jnp.exp(support.log_temperature),
+        }
+        return new_state, metrics
+
+    return step
+
+
+def _take(support: SupportSet, index: Array) -> SupportSet:
+    return SupportSet(support.images[index], support.labels[index], support.log_temperature)
+
+
+def _subsample(support: SupportSet, n_subset: int | None, key: Array):
+    """Bias-free subsampling of the backward pass for large support sets.
+
+    All images take part in the inner problem and the prediction; only a random ``n_subset`` of
+    them is differentiated this iteration (each image's gradient is exact when it is drawn), so
+    memory for the backward pass scales with ``n_subset`` rather than ``|S|``.
+    """
+    n = support.images.shape[0]
+    if n_subset is None or n_subset >= n:
+        return None, None
+    perm = jax.random.permutation(key, n)
+    sub, rest = perm[:n_subset], perm[n_subset:]
+    return sub, _take(support, rest)
+
+
+# --------------------------------------------------------------------------- host loop
+
+
+class Interrupted(Exception):
+    """Raised after a checkpoint was written because the run was interrupted."""
+
+
+@dataclasses.dataclass
+class DistillResult:
+    support: SupportSet
+    history: list[dict[str, float]]
+    seconds: float
+    steps: int
+
+
+def _checkpoint_paths(directory: Path) -> tuple[Path, Path]:
+    return directory / "checkpoint.eqx", directory / "checkpoint.json"
+
+
+def save_checkpoint(directory: Path, state: DistillState, meta: dict[str, Any]) -> None:
+    """Write the full state atomically (a kill mid-write leaves the previous checkpoint)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ckpt, info = _checkpoint_paths(directory)
+    tmp = ckpt.with_suffix(".tmp")
+    eqx.tree_serialise_leaves(tmp, state)
+    tmp.replace(ckpt)
+    tmp_info = info.with_suffix(".tmp")
+    tmp_info.write_text(json.dumps(meta, indent=1))
+    tmp_info.replace(info)
+
+
+def load_checkpoint(
+    directory: Path, like: DistillState, fingerprint: str
+) -> tuple[DistillState, dict]:
+    ckpt, info = _checkpoint_paths(directory)
+    meta = json.loads(info.read_text())
+    if meta.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"--resume: the checkpoint in {directory} was made with different settings "
+            f"({meta.get('fingerprint')!r}) than this run ({fingerprint!r}); use another --out "
+            "or drop --resume."
+        )
+    return eqx.tree_deserialise_leaves(ckpt, like), meta
+
+
+def has_checkpoint(directory: Path) -> bool:
+    return all(p.exists() for p in _checkpoint_paths(directory))
+
+
+def distill(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    num_classes: int,
+    algorithm: Algorithm,
+    ipc: int,
+    config: DistillConfig,
+    *,
+    key: Array,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    fingerprint: str = "",
+    progress: bool = True,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+) -> DistillResult:
+    """Run Algorithm 1 for ``config.steps`` meta-iterations.
+
+    Args:
+        x_train: real training images ``(N, H, W, C)`` in model-input space (float32).
+        y_train: integer labels ``(N,)``.
+        num_classes: ``K``.
+        algorithm: from :func:`~distillation.algorithms.rcig` and friends.
+        ipc: images per class of the support set.
+        config: settings.
+        key: PRNG key of the run (support initialisation, pool, batches).
+        checkpoint_dir: where checkpoints go (every ``config.checkpoint_every`` steps, and on
+            Ctrl-C / SIGTERM); ``None`` for none.
+        resume: continue from the checkpoint in ``checkpoint_dir``. A resumed run ends in exactly
+            the state of an uninterrupted one (the whole state, PRNG key included, is saved).
+        fingerprint: a string identifying the settings; a checkpoint made with other settings
+            is refused.
+        progress: show a progress bar with the current losses.
+        on_log: called every ``config.log_every`` steps with ``(step, metrics)``.
+
+    Returns:
+        The learned support set, the logged metrics, the wall-clock seconds spent in this call.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    x_train = np.asarray(x_train, np.float32)
+    y_train = np.asarray(y_train)
+    if x_train.ndim != 4:
+        raise ValueError(f"x_train must be (N, H, W, C), got shape {x_train.shape}.")
+    k_support, k_state = jax.random.split(key)
+    support = init_support(
+        x_train, y_train, num_classes, ipc, key=k_support, init_temperature=config.init_temperature
+    )
+    pool = make_pool(x_train.shape[1:], num_classes, config)
+    state = init_state(support, pool, config, key=k_state)
+    history: list[dict[str, float]] = []
+    if resume and checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
+        state, meta = load_checkpoint(checkpoint_dir, state, fingerprint)
+        history = meta.get("history", [])
+
+    step_fn = jax.jit(
+        make_step(algorithm, pool, config, LearningRateTuner(every=config.tune_every)),
+        donate_argnums=0,
+    )
+    x_dev = jnp.asarray(x_train)
+    y_dev = jax.nn.one_hot(jnp.asarray(y_train), num_classes, dtype=jnp.float32)
+    start = int(state.step)
+
+    def checkpoint():
+        if checkpoint_dir is not None:
+            save_checkpoint(
+                checkpoint_dir,
+                state,
+                {"fingerprint": fingerprint, "step": int(state.step), "history": history},
+            )
+
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    bar = tqdm(
+        total=config.steps,
+        initial=start,
+        disable=not progress,
+        desc=algorithm.name,
+        dynamic_ncols=True,
+    )
+    t0 = time.perf_counter()
+    try:
+        for it in range(start, config.steps):
+            state, metrics = step_fn(state, x_dev, y_dev)
+            done = it + 1
+            if done % config.log_every == 0 or done == config.steps:
+                row = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                row["step"] = done
+                row["seconds"] = time.perf_counter() - t0
+                history.append(row)
+                bar.set_postfix(
+                    outer=f"{row['outer_loss']:.3f}",
+                    acc=f"{row['target_acc']:.2f}",
+                    inner=f"{row['inner_loss']:.3g}",
+                    refresh=False,
+                )
+                if on_log is not None:
+                    on_log(done, row)
+            bar.update(1)
+            if done % config.checkpoint_every == 0:
+                checkpoint()
+            if stop["signal"] is not None:
+                raise Interrupted(f"signal {stop['signal']}")
+    except (KeyboardInterrupt, Interrupted) as exc:
+        jax.block_until_ready(state)
+        checkpoint()
+        bar.close()
+        where = f" in {checkpoint_dir}" if checkpoint_dir is not None else ""
+        raise Interrupted(
+            f"interrupted at step {int(state.step)}; checkpoint written{where}; "
+            "run the same command with --resume to continue"
+        ) from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    bar.close()
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - t0
+    checkpoint()
+    return DistillResult(state.support, history, seconds, int(state.step))

@@ -1,0 +1,142 @@
+"""Inner objectives (how the final layer is handled) and outer losses.
+
+* :class:`JointHead`: the final layer is trained with the body (VIG, CIG). Inner loss
+  ``½Σ‖f(Δ, x_s) − y_s‖² + ½λ‖Δ‖²`` over the full displacement ``Δ``.
+* :class:`ClosedFormHead`: the final layer is solved in closed form (RIG, RCIG; Eq. 3–5). For a
+  body displacement ``Δ_B`` the output is ``g(x) + [φ(x), 1] Δ_F``; with the *label offset*
+  ``r = y_s − g(x_s)`` the ridge solution is ``Δ_F* = [φ_s, 1]ᵀ α`` with
+  ``α = (φ_s φ_sᵀ + 1 + λI)⁻¹ r`` (an ``|S|×|S|`` solve), and minimising over ``Δ_F`` leaves the
+  reparameterised inner objective over ``Δ_B`` only, ``½λ rᵀα + ½λ‖Δ_B‖²`` (Eq. 5).
+* Outer losses: :func:`platt_cross_entropy` (Eq. 6, learnable temperature) and
+  :func:`mean_squared_error` (the FRePo-like baseline).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from distillation.models import Head
+from distillation.networks import AbstractNetwork, zeros_like_tree
+
+
+def _sq_norm(tree) -> Array:
+    return sum(jnp.sum(jnp.square(v)) for v in jax.tree_util.tree_leaves(tree))
+
+
+class AbstractHead(eqx.Module):
+    """How the inner problem treats the final layer."""
+
+    @abc.abstractmethod
+    def init(self, net: AbstractNetwork):
+        """The inner problem's starting displacement (zeros)."""
+
+    @abc.abstractmethod
+    def inner_loss(self, delta, net, x_s, y_s, l2) -> Array:
+        """The inner objective minimised over ``delta``."""
+
+    @abc.abstractmethod
+    def predict(self, delta, net, x_s, y_s, l2, x_t) -> Array:
+        """Outputs on ``x_t`` of the inner solution ``delta`` (and the support set)."""
+
+
+class JointHead(AbstractHead):
+    """Body and final layer trained together (VIG, CIG)."""
+
+    def init(self, net):
+        return zeros_like_tree(net.model0)
+
+    def inner_loss(self, delta, net, x_s, y_s, l2):
+        residual = net.output(delta, x_s) - y_s
+        return 0.5 * jnp.sum(residual**2) + 0.5 * l2 * _sq_norm(delta)
+
+    def predict(self, delta, net, x_s, y_s, l2, x_t):
+        return net.output(delta, x_t)
+
+
+class ClosedFormHead(AbstractHead):
+    """Final layer in closed form, Eq. 3–5 (RIG, RCIG).
+
+    Args:
+        precision: ``"float64"`` solves the ``|S|×|S|`` system in double precision (requires
+            ``jax.config.update("jax_enable_x64", True)``); ``"float32"`` otherwise.
+    """
+
+    precision: Literal["float32", "float64"] = eqx.field(default="float32", static=True)
+
+    def __check_init__(self):
+        if self.precision not in ("float32", "float64"):
+            raise ValueError(
+                f"ClosedFormHead: precision must be 'float32' or 'float64', got {self.precision!r}."
+            )
+        if self.precision == "float64" and not jax.config.jax_enable_x64:
+            raise ValueError(
+                "ClosedFormHead(precision='float64') needs 64-bit JAX: call "
+                "jax.config.update('jax_enable_x64', True) first."
+            )
+
+    def init(self, net):
+        return zeros_like_tree(net.model0.body)
+
+    def dual_coefficients(self, delta_body, net, x_s, y_s, l2):
+        """``(α, g_s, φ_s)`` with ``α = (φ_s φ_sᵀ + 1 + λI)⁻¹ (y_s − g_s)``."""
+        g_s, phi_s = net.offset_and_features(delta_body, x_s)
+        dtype = jnp.float64 if self.precision == "float64" else phi_s.dtype
+        phi = phi_s.astype(dtype)
+        gram = phi @ phi.T + 1.0 + l2 * jnp.eye(phi.shape[0], dtype=dtype)
+        factor = jax.scipy.linalg.cho_factor(gram)
+        alpha = jax.scipy.linalg.cho_solve(factor, (y_s - g_s).astype(dtype))
+        return alpha, g_s, phi_s
+
+    def inner_loss(self, delta, net, x_s, y_s, l2):
+        alpha, g_s, _ = self.dual_coefficients(delta, net, x_s, y_s, l2)
+        data_term = 0.5 * l2 * jnp.sum((y_s - g_s) * alpha.astype(g_s.dtype))
+        return data_term + 0.5 * l2 * _sq_norm(delta)
+
+    def predict(self, delta, net, x_s, y_s, l2, x_t):
+        alpha, _, phi_s = self.dual_coefficients(delta, net, x_s, y_s, l2)
+        g_t, phi_t = net.offset_and_features(delta, x_t)
+        kernel = phi_t.astype(alpha.dtype) @ phi_s.astype(alpha.dtype).T + 1.0
+        return g_t + (kernel @ alpha).astype(g_t.dtype)
+
+
+def closed_form_head(
+    features: Float[Array, "n d"], residual: Float[Array, "n k"], l2: float | Array
+) -> Head:
+    """The ridge-optimal head displacement ``Δ_F* = argmin ½‖r − [φ, 1]Δ_F‖² + ½λ‖Δ_F‖²``.
+
+    Computed in the dual (``|S|×|S|``) form ``[φ, 1]ᵀ (φφᵀ + 1 + λI)⁻¹ r``, which equals the
+    primal ``([φ,1]ᵀ[φ,1] + λI)⁻¹ [φ,1]ᵀ r`` (tested).
+
+    Args:
+        features: ``φ`` on the support set.
+        residual: the label offset ``r = y − g``.
+        l2: ``λ``.
+
+    Returns:
+        A :class:`~distillation.models.Head` holding ``Δ_F*`` (weight ``(d, k)``, bias ``(k,)``).
+    """
+    gram = features @ features.T + 1.0 + l2 * jnp.eye(features.shape[0], dtype=features.dtype)
+    alpha = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(gram), residual)
+    return Head(features.T @ alpha, jnp.sum(alpha, axis=0))
+
+
+def platt_cross_entropy(
+    outputs: Float[Array, "n k"], labels: Float[Array, "n k"], log_temperature: Array
+) -> Array:
+    """Eq. 6: cross-entropy of ``softmax(outputs / τ)`` with a learnable ``τ = exp(log τ)``."""
+    logits = outputs * jnp.exp(-log_temperature)
+    return -jnp.mean(jnp.sum(labels * jax.nn.log_softmax(logits), axis=-1))
+
+
+def mean_squared_error(
+    outputs: Float[Array, "n k"], labels: Float[Array, "n k"], log_temperature: Array
+) -> Array:
+    """``½ mean_n Σ_k (f − y)²`` (the temperature is unused; same signature as Eq. 6)."""
+    del log_temperature
+    return 0.5 * jnp.mean(jnp.sum((outputs - labels) ** 2, axis=-1))
