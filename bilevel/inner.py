@@ -50,6 +50,9 @@ class OptaxMinimizer(eqx.Module):
         steps: maximum number of steps (RCIG's ``n_inner``).
         tol: stop early once the inner gradient norm is ``<= tol`` (uses ``lax.while_loop``, which
             cannot be reverse-differentiated; fine under :func:`argmin`, which never does).
+        unroll: passed to ``lax.scan`` (``True``: unroll fully). XLA on CPU runs some kernels
+            (convolution weight gradients) much slower inside loops than in straight-line code;
+            unrolling a short loop avoids that at the cost of compile time. Ignored with ``tol``.
 
     Example:
         >>> import jax.numpy as jnp, optax
@@ -60,6 +63,7 @@ class OptaxMinimizer(eqx.Module):
     optimizer: optax.GradientTransformation = eqx.field(static=True)
     steps: int = eqx.field(static=True)
     tol: float | None = eqx.field(default=None, static=True)
+    unroll: int | bool = eqx.field(default=1, static=True)
 
     def __check_init__(self):
         if not isinstance(self.optimizer, optax.GradientTransformation):
@@ -95,7 +99,7 @@ class OptaxMinimizer(eqx.Module):
                 return update(params, opt_state, grads), loss
 
             (params, _), trace = jax.lax.scan(
-                body, (init_params, opt_state), None, length=self.steps
+                body, (init_params, opt_state), None, length=self.steps, unroll=self.unroll
             )
             steps = jnp.asarray(self.steps)
         else:

@@ -208,6 +208,8 @@ class AdamQuadratic(AbstractLinearSolver):
             so that it can change between calls of a jitted function without recompiling).
         optimizer: any ``optax.GradientTransformation``; overrides ``learning_rate``.
         normalize: solve for ``b / ||b||`` and rescale.
+        unroll: passed to ``lax.scan`` (``True``: unroll fully; faster on CPU for short solves
+            of convolutional networks, see :class:`bilevel.OptaxMinimizer`).
 
     Example:
         >>> import jax.numpy as jnp
@@ -219,6 +221,7 @@ class AdamQuadratic(AbstractLinearSolver):
     learning_rate: float | jax.Array = 0.02
     optimizer: optax.GradientTransformation | None = eqx.field(default=None, static=True)
     normalize: bool = eqx.field(default=True, static=True)
+    unroll: int | bool = eqx.field(default=1, static=True)
 
     def __check_init__(self):
         _check_positive_int("steps", self.steps, "AdamQuadratic", allow_zero=True)
@@ -271,7 +274,9 @@ class AdamQuadratic(AbstractLinearSolver):
             updates, state = opt.update(grad, state, x)
             return (optax.apply_updates(x, updates), state), value
 
-        (x, _), trace = jax.lax.scan(step, (x0, opt.init(x0)), None, length=self.steps)
+        (x, _), trace = jax.lax.scan(
+            step, (x0, opt.init(x0)), None, length=self.steps, unroll=self.unroll
+        )
         final, _ = objective_and_grad(x)
         return tree_scale(scale, x), jnp.append(trace, final)
 

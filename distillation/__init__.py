@@ -1,0 +1,96 @@
+"""``distillation``: RCIG dataset distillation (Loo et al., ICML 2023) built on ``bilevel``.
+
+Public names:
+
+* Algorithms (compositions): :func:`vig`, :func:`cig`, :func:`rig`, :func:`rcig`, :func:`frepo`,
+  :class:`Algorithm`, :func:`meta_loss`, :class:`SupportSet`, :class:`LearningRates`.
+* Pieces: :func:`conv_net`, :class:`ConvNet`, :class:`StandardNetwork`,
+  :class:`LinearizedNetwork`, :func:`linearize`, :class:`JointHead`, :class:`ClosedFormHead`,
+  :func:`closed_form_head`, :func:`platt_cross_entropy`, :func:`mean_squared_error`,
+  :class:`ModelPool`, :class:`LearningRateTuner`, :func:`dsa_augment`.
+* The loop: :class:`DistillConfig`, :func:`distill`, :func:`make_step`, :func:`init_state`,
+  :func:`init_support`, :func:`random_subset`, :func:`make_pool`, :func:`meta_optimizer`.
+* Data, evaluation, export: :func:`load_dataset`, :class:`ImageDataset`, :class:`Preprocessor`,
+  :class:`EvalConfig`, :func:`evaluate_support`, :func:`save_distilled`, :func:`load_distilled`.
+"""
+
+from distillation.algorithms import (
+    Algorithm,
+    LearningRates,
+    SupportSet,
+    cig,
+    frepo,
+    meta_loss,
+    rcig,
+    rig,
+    vig,
+)
+from distillation.augment import dsa_augment
+from distillation.data import ImageDataset, Preprocessor, load_dataset
+from distillation.distill import (
+    DistillConfig,
+    DistillResult,
+    distill,
+    init_state,
+    init_support,
+    make_pool,
+    make_step,
+    meta_optimizer,
+    random_subset,
+)
+from distillation.evaluate import EvalConfig, EvalResult, evaluate_support
+from distillation.export import DistilledSet, load_distilled, save_distilled
+from distillation.models import ConvNet, conv_net
+from distillation.networks import LinearizedNetwork, StandardNetwork, linearize
+from distillation.objectives import (
+    ClosedFormHead,
+    JointHead,
+    closed_form_head,
+    mean_squared_error,
+    platt_cross_entropy,
+)
+from distillation.pool import ModelPool
+from distillation.tuning import LearningRateTuner
+
+__all__ = [
+    "Algorithm",
+    "ClosedFormHead",
+    "ConvNet",
+    "DistillConfig",
+    "DistillResult",
+    "DistilledSet",
+    "EvalConfig",
+    "EvalResult",
+    "ImageDataset",
+    "JointHead",
+    "LearningRateTuner",
+    "LearningRates",
+    "LinearizedNetwork",
+    "ModelPool",
+    "Preprocessor",
+    "StandardNetwork",
+    "SupportSet",
+    "cig",
+    "closed_form_head",
+    "conv_net",
+    "distill",
+    "dsa_augment",
+    "evaluate_support",
+    "frepo",
+    "init_state",
+    "init_support",
+    "linearize",
+    "load_dataset",
+    "load_distilled",
+    "make_pool",
+    "make_step",
+    "mean_squared_error",
+    "meta_loss",
+    "meta_optimizer",
+    "platt_cross_entropy",
+    "random_subset",
+    "rcig",
+    "rig",
+    "save_distilled",
+    "vig",
+]

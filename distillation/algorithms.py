@@ -39,6 +39,7 @@ from distillation.objectives import (
 )
 
 OuterLoss = Callable[[Array, Array, Array], Array]
+MAX_UNROLL = 32
 
 
 class SupportSet(eqx.Module):
@@ -80,6 +81,11 @@ class Algorithm(eqx.Module):
         linear_solver: a fixed linear solver to use instead of the tuned ``AdamQuadratic``
             (e.g. ``bilevel.CG()`` or ``bilevel.Dense()``); ``None`` for ``AdamQuadratic``.
         inner_optimizer: learning rate → optax optimizer for the inner problem.
+        unroll: unroll the inner and Hessian-inverse loops (``lax.scan(unroll=True)``). On CPU,
+            XLA runs convolution gradients 2–35× slower inside a loop than in straight-line code
+            (measured, see docs/performance.md); for the paper's ``n_inner = n_H = 20`` unrolling
+            costs only compile time. ``None`` (default) unrolls loops of at most
+            :data:`MAX_UNROLL` steps; ``False`` never unrolls (constant program size).
     """
 
     name: str = eqx.field(static=True)
@@ -92,6 +98,7 @@ class Algorithm(eqx.Module):
     inner_optimizer: Callable[[Any], optax.GradientTransformation] = eqx.field(
         default=optax.adam, static=True
     )
+    unroll: bool | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
         for name in ("n_inner", "n_hessian"):
@@ -104,12 +111,19 @@ class Algorithm(eqx.Module):
         return self.n_inner > 0 or (self.n_hessian > 0 and self.linear_solver is None)
 
     def minimizer(self, lr: Array) -> bilevel.OptaxMinimizer:
-        return bilevel.OptaxMinimizer(self.inner_optimizer(lr), steps=self.n_inner)
+        return bilevel.OptaxMinimizer(
+            self.inner_optimizer(lr), steps=self.n_inner, unroll=self._unroll(self.n_inner)
+        )
 
     def hessian_solver(self, lr: Array):
         if self.linear_solver is not None:
             return self.linear_solver
-        return bilevel.AdamQuadratic(steps=self.n_hessian, learning_rate=lr)
+        return bilevel.AdamQuadratic(
+            steps=self.n_hessian, learning_rate=lr, unroll=self._unroll(self.n_hessian)
+        )
+
+    def _unroll(self, steps: int) -> bool:
+        return steps <= MAX_UNROLL if self.unroll is None else self.unroll
 
     def solve_inner(self, net, x_s, y_s, l2, lrs: LearningRates):
         """The inner solution, differentiable in ``(x_s, y_s)`` by implicit differentiation."""

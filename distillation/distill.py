@@ -99,7 +99,11 @@ class DistillConfig:
 
 
 class DistillState(eqx.Module):
-    """Everything a run needs to continue: checkpoints hold exactly this."""
+    """Everything a run needs to continue: checkpoints hold exactly this.
+
+    ``key`` holds the raw ``uint32`` data of the PRNG key (``jax.random.key_data``) so that the
+    state serialises as plain arrays.
+    """
 
     support: SupportSet
     opt_state: optax.OptState
@@ -193,7 +197,7 @@ def init_state(
         lrs=LearningRates(
             jnp.asarray(config.inner_lr, jnp.float32), jnp.asarray(config.hessian_lr, jnp.float32)
         ),
-        key=k_run,
+        key=jax.random.key_data(k_run),
         step=jnp.asarray(0, jnp.int32),
     )
 
@@ -208,7 +212,9 @@ def make_step(
     optimizer = meta_optimizer(config)
 
     def step(state: DistillState, x_train: Array, y_train: Array):
-        key, k_model, k_batch, k_subset, k_renew = jax.random.split(state.key, 5)
+        key, k_model, k_batch, k_subset, k_renew = jax.random.split(
+            jax.random.wrap_key_data(state.key), 5
+        )
         index = jax.random.randint(k_model, (), 0, pool.size)
         model0 = pool.model(state.pool, index)
         batch = jax.random.randint(k_batch, (config.target_batch,), 0, x_train.shape[0])
@@ -268,7 +274,9 @@ def make_step(
                 ),
                 lambda: state.lrs,
             )
-        new_state = DistillState(support, opt_state, pool_state, lrs, key, state.step + 1)
+        new_state = DistillState(
+            support, opt_state, pool_state, lrs, jax.random.key_data(key), state.step + 1
+        )
         metrics = {
             "outer_loss": loss,
             "target_acc": info.accuracy,
@@ -429,7 +437,10 @@ def distill(
     def on_signal(signum, frame):
         stop["signal"] = signum
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:  # finish the current step, then checkpoint and stop (main thread only)
+        previous = signal.signal(signal.SIGTERM, on_signal)
+    except ValueError:
+        previous = None
     bar = tqdm(
         total=config.steps,
         initial=start,
@@ -470,7 +481,8 @@ def distill(
             "run the same command with --resume to continue"
         ) from exc
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     bar.close()
     jax.block_until_ready(state)
     seconds = time.perf_counter() - t0

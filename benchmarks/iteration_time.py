@@ -1,0 +1,149 @@
+"""Time one distillation iteration (the jitted step of Algorithm 1) on this machine.
+
+Default: RCIG at the paper's model size (depth 3, width 128), n_inner = n_H = 20, model pool of
+30, target batch 256, on MNIST 1 ipc and the CIFAR-10 subset 1 ipc (flip strategy on: |S| = 20).
+Median of ``--repeats`` iterations after ``--warmup`` (compilation and the first lr probe
+excluded), each ending in ``block_until_ready``. Iterations where the learning-rate probe runs
+(every 10th) are timed separately.
+
+Run:
+    python benchmarks/iteration_time.py [--methods rcig,frepo] [--widths 128,32] [--repeats 20]
+Writes ``benchmarks/results/iteration_time.json`` and ``docs/benchmarks/iteration_time.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distillation.algorithms import ALGORITHMS
+from distillation.data import load_dataset
+from distillation.distill import DistillConfig, init_state, init_support, make_pool, make_step
+from distillation.tuning import LearningRateTuner
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = {
+    "mnist": ROOT.parent / "shared" / "data" / "mnist",
+    "cifar10": ROOT.parent / "shared" / "data" / "cifar10-subset",
+}
+
+
+def time_steps(dataset, method, width, ipc, repeats, warmup, tune_every=10):
+    flip = not dataset.grayscale
+    config = DistillConfig(width=width, flip=flip, tune_every=tune_every)
+    algorithm = ALGORITHMS[method]()
+    pool = make_pool(dataset.image_shape, dataset.num_classes, config)
+    support = init_support(
+        dataset.x_train, dataset.y_train, dataset.num_classes, ipc, key=jax.random.key(0)
+    )
+    state = init_state(support, pool, config, key=jax.random.key(1))
+    step = jax.jit(
+        make_step(algorithm, pool, config, LearningRateTuner(every=tune_every)), donate_argnums=0
+    )
+    x = jnp.asarray(dataset.x_train)
+    y = jax.nn.one_hot(jnp.asarray(dataset.y_train), dataset.num_classes)
+    t0 = time.perf_counter()
+    state, _ = step(state, x, y)
+    jax.block_until_ready(state)
+    compile_and_first = time.perf_counter() - t0
+    plain, probe = [], []
+    for i in range(1, warmup + repeats + repeats // tune_every + 2):
+        t0 = time.perf_counter()
+        state, metrics = step(state, x, y)
+        jax.block_until_ready(state)
+        dt = time.perf_counter() - t0
+        if i < warmup:
+            continue
+        (probe if i % tune_every == 0 else plain).append(dt)
+        if len(plain) >= repeats:
+            break
+    return {
+        "method": method,
+        "width": width,
+        "ipc": ipc,
+        "support_size": int(support.images.shape[0]) * (2 if flip else 1),
+        "compile_and_first_step_s": compile_and_first,
+        "median_step_s": float(np.median(plain)),
+        "median_probe_step_s": float(np.median(probe)) if probe else None,
+        "mean_step_with_probe_s": float(
+            (np.sum(plain) / len(plain)) * (1 - 1 / tune_every)
+            + (np.median(probe) if probe else 0) / tune_every
+        ),
+        "final_outer_loss": float(metrics["outer_loss"]),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", default="mnist,cifar10")
+    parser.add_argument("--methods", default="rcig")
+    parser.add_argument("--widths", default="128")
+    parser.add_argument("--ipc", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    rows = []
+    for name in args.datasets.split(","):
+        dataset = load_dataset(str(DATA[name]))
+        for method in args.methods.split(","):
+            for width in [int(w) for w in args.widths.split(",")]:
+                row = {
+                    "dataset": name,
+                    **time_steps(dataset, method, width, args.ipc, args.repeats, args.warmup),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    meta = {
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0]),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": jax.local_device_count(),
+    }
+    out_json = ROOT / "benchmarks" / "results" / "iteration_time.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    cmd = (
+        "python benchmarks/iteration_time.py --datasets "
+        + args.datasets
+        + " --methods "
+        + args.methods
+        + " --widths "
+        + args.widths
+        + f" --ipc {args.ipc} --repeats "
+        f"{args.repeats}"
+    )
+    lines = [
+        "# Time per distillation iteration",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        f"Depth 3, n_inner = n_H = 20, pool m = 30, target batch 256; jax {jax.__version__} on "
+        f"{meta['device']} (2-core CPU). Median over {args.repeats} iterations after warm-up; "
+        "every 10th iteration also runs the learning-rate probe (timed separately).",
+        "",
+        "| dataset | method | width | |S| | s / iteration | s / probe iteration | "
+        "mean s / iteration | compile + first (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        probe = f"{r['median_probe_step_s']:.2f}" if r["median_probe_step_s"] else "—"
+        lines.append(
+            f"| {r['dataset']} | {r['method']} | {r['width']} | {r['support_size']} | "
+            f"{r['median_step_s']:.2f} | {probe} | {r['mean_step_with_probe_s']:.2f} | "
+            f"{r['compile_and_first_step_s']:.0f} |"
+        )
+    out_md = ROOT / "docs" / "benchmarks" / "iteration_time.md"
+    out_md.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

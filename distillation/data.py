@@ -1,0 +1,441 @@
+"""Datasets: loading (through Hugging Face ``datasets`` wherever it can), standardisation, ZCA.
+
+``load_dataset(name_or_path)`` accepts
+
+* a known name: ``digits`` (scikit-learn's bundled 8×8 digits, the offline default), ``mnist``,
+  ``fashion_mnist``, ``cifar10``, ``cifar100`` (mapped to their Hugging Face hub ids);
+* any Hugging Face hub id (``owner/name``), loaded with ``datasets.load_dataset``;
+* a local path: a folder of IDX files (MNIST's original format, optionally gzipped), an
+  ImageFolder tree ``{train,test}/<class>/<image>`` (``datasets``' imagefolder builder), parquet
+  files in the hub's schema (``datasets``' parquet builder; files named with ``train`` and
+  ``test``), or an ``.npz`` with ``x_train, y_train, x_test, y_test``.
+
+Images become float32 ``(N, H, W, C)`` in model-input space: per-channel standardisation with the
+training split's statistics, then (for RGB, by default) ZCA whitening with strength 0.1 computed
+on the training split, as in the paper. The :class:`Preprocessor` keeps both transforms and their
+inverse so a distilled set can be exported and viewed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+
+KNOWN_HUB_IDS = {
+    "mnist": "ylecun/mnist",
+    "fashion_mnist": "zalando-datasets/fashion_mnist",
+    "cifar10": "uoft-cs/cifar10",
+    "cifar100": "uoft-cs/cifar100",
+}
+KNOWN_NAMES = ("digits", *KNOWN_HUB_IDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class RawSplits:
+    """Images in ``[0, 1]`` as float32 ``(N, H, W, C)`` and integer labels, before preprocessing."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessor:
+    """``x = (r/255 − mean)/std``, then with ZCA ``x = (x.ravel() − zca_mean) @ zca_whitening``.
+
+    Attributes:
+        mean, std: per-channel statistics ``(C,)`` of the training split in ``[0, 1]`` units.
+        zca_mean: ``(D,)`` per-feature mean of the standardised training images, or ``None``.
+        zca_whitening: ``(D, D)`` symmetric whitening matrix, or ``None``.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    zca_mean: np.ndarray | None = None
+    zca_whitening: np.ndarray | None = None
+
+    def __call__(self, images01: np.ndarray) -> np.ndarray:
+        """Raw images in ``[0, 1]`` ``(N, H, W, C)`` → model input (float32)."""
+        x = (np.asarray(images01, np.float32) - self.mean) / self.std
+        if self.zca_whitening is not None:
+            shape = x.shape
+            x = (x.reshape(shape[0], -1) - self.zca_mean) @ self.zca_whitening
+            x = x.reshape(shape)
+        return x.astype(np.float32)
+
+    def inverse(self, x: np.ndarray) -> np.ndarray:
+        """Model input → images in ``[0, 1]`` units (not clipped)."""
+        x = np.asarray(x, np.float64)
+        if self.zca_whitening is not None:
+            shape = x.shape
+            flat = np.linalg.solve(self.zca_whitening, x.reshape(shape[0], -1).T).T
+            x = (flat + self.zca_mean).reshape(shape)
+        return (x * self.std + self.mean).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+    """A dataset ready for distillation: model-input images, labels, and the preprocessing."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    preprocessor: Preprocessor
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def grayscale(self) -> bool:
+        return self.x_train.shape[-1] == 1
+
+
+def zca_whitening(flat: np.ndarray, strength: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """ZCA of centred ``flat`` ``(N, D)``, regularised by ``strength · tr(Σ)/D`` (KIP/FRePo/RCIG).
+
+    Returns:
+        ``(mean (D,), W (D, D))`` with ``W = U diag((s + reg)^{-1/2}) Uᵀ``.
+    """
+    flat = np.asarray(flat, np.float64)
+    mean = flat.mean(0)
+    centred = flat - mean
+    cov = centred.T @ centred / flat.shape[0]
+    reg = strength * np.trace(cov) / cov.shape[0]
+    eigvals, eigvecs = np.linalg.eigh(cov + reg * np.eye(cov.shape[0]))
+    whitening = (eigvecs * eigvals**-0.5) @ eigvecs.T
+    return mean.astype(np.float32), whitening.astype(np.float32)
+
+
+def fit_preprocessor(x_train01: np.ndarray, zca: bool, zca_strength: float = 0.1) -> Preprocessor:
+    """Per-channel statistics (and ZCA) from the training split in ``[0, 1]`` units."""
+    mean = x_train01.mean(axis=(0, 1, 2)).astype(np.float32)
+    std = x_train01.std(axis=(0, 1, 2)).astype(np.float32)
+    std = np.where(std > 0, std, 1.0).astype(np.float32)
+    pre = Preprocessor(mean, std)
+    if not zca:
+        return pre
+    standardised = pre(x_train01)
+    zmean, w = zca_whitening(standardised.reshape(len(standardised), -1), zca_strength)
+    return Preprocessor(mean, std, zmean, w)
+
+
+def load_dataset(
+    name_or_path: str,
+    *,
+    zca: bool | None = None,
+    zca_strength: float = 0.1,
+) -> ImageDataset:
+    """Load, check and preprocess a dataset (see the module docstring for what is accepted).
+
+    Args:
+        name_or_path: a known name, a hub id, or a local path.
+        zca: ZCA-whiten; ``None`` means yes for RGB, no for grayscale (the paper's choice).
+        zca_strength: the regularisation of the whitening (0.1 in the paper).
+
+    Raises:
+        ValueError: unknown dataset, missing split, mixed image sizes, non-integer labels,
+            NaN in the data.
+    """
+    raw = load_raw(name_or_path)
+    _check_raw(raw, name_or_path)
+    use_zca = (raw.x_train.shape[-1] == 3) if zca is None else zca
+    pre = fit_preprocessor(raw.x_train, use_zca, zca_strength)
+    return ImageDataset(
+        name=name_or_path,
+        x_train=pre(raw.x_train),
+        y_train=raw.y_train,
+        x_test=pre(raw.x_test),
+        y_test=raw.y_test,
+        class_names=raw.class_names,
+        preprocessor=pre,
+    )
+
+
+def load_raw(name_or_path: str) -> RawSplits:
+    """Images in ``[0, 1]`` and integer labels, without preprocessing."""
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise ValueError(f"dataset must be a non-empty string, got {name_or_path!r}.")
+    if name_or_path == "digits":
+        return _load_digits()
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return _load_local(path)
+    if name_or_path in KNOWN_HUB_IDS:
+        return _load_hub(KNOWN_HUB_IDS[name_or_path])
+    if "/" in name_or_path and not name_or_path.startswith((".", "/", "~")):
+        return _load_hub(name_or_path)
+    raise ValueError(
+        f"unknown dataset {name_or_path!r}: expected one of {', '.join(KNOWN_NAMES)}, a Hugging "
+        "Face hub id (owner/name), or an existing local path (IDX folder, ImageFolder tree, "
+        "parquet files, or .npz)."
+    )
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _load_digits() -> RawSplits:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images[..., None] / 16.0).astype(np.float32)  # pixel values 0..16
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        images, digits.target, test_size=0.2, random_state=0, stratify=digits.target
+    )
+    return RawSplits(
+        x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64), tuple(str(i) for i in range(10))
+    )
+
+
+def _load_local(path: Path) -> RawSplits:
+    if path.is_file() and path.suffix == ".npz":
+        return _load_npz(path)
+    if path.is_file() and path.suffix == ".parquet":
+        raise ValueError(
+            f"{path}: give the folder holding the parquet files (one for train, one for test), "
+            "not a single file."
+        )
+    if path.is_dir():
+        files = [p for p in path.iterdir() if p.is_file()]
+        if any("idx3-ubyte" in p.name for p in files):
+            return _load_idx(path)
+        parquet = sorted(path.rglob("*.parquet"))
+        if parquet:
+            return _load_parquet(parquet, path)
+        if (path / "train").is_dir():
+            return _load_imagefolder(path)
+    raise ValueError(
+        f"{path}: not a dataset this loader knows: expected an .npz file, a folder of IDX files, "
+        "a folder of parquet files, or an ImageFolder tree with train/ and test/ folders."
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\x00\x00":
+        raise ValueError(f"{path}: not an IDX file (bad magic number).")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find(path: Path, patterns: tuple[str, ...], what: str) -> Path:
+    for p in sorted(path.iterdir()):
+        if any(pat in p.name for pat in patterns):
+            return p
+    raise ValueError(f"{path}: missing split: no {what} file (looked for {', '.join(patterns)}).")
+
+
+def _load_idx(path: Path) -> RawSplits:
+    x_tr = _read_idx(_find(path, ("train-images",), "training images"))
+    y_tr = _read_idx(_find(path, ("train-labels",), "training labels"))
+    x_te = _read_idx(_find(path, ("t10k-images", "test-images"), "test images"))
+    y_te = _read_idx(_find(path, ("t10k-labels", "test-labels"), "test labels"))
+    n_classes = int(max(y_tr.max(), y_te.max())) + 1
+    return RawSplits(
+        (x_tr[..., None] / 255.0).astype(np.float32),
+        y_tr.astype(np.int64),
+        (x_te[..., None] / 255.0).astype(np.float32),
+        y_te.astype(np.int64),
+        tuple(str(i) for i in range(n_classes)),
+    )
+
+
+def _load_npz(path: Path) -> RawSplits:
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data]
+        if missing:
+            raise ValueError(
+                f"{path}: missing split arrays {missing}; "
+                "expected x_train, y_train, x_test, y_test."
+            )
+        arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    xs = []
+    for k in ("x_train", "x_test"):
+        x = arrays[k]
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4:
+            raise ValueError(f"{path}: {k} must be (N, H, W) or (N, H, W, C), got {x.shape}.")
+        if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
+            raise ValueError(f"{path}: {k} contains NaN values.")
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        xs.append(x)
+    labels = [_as_int_labels(arrays[k], f"{path}:{k}") for k in ("y_train", "y_test")]
+    n_classes = int(max(labels[0].max(), labels[1].max())) + 1
+    return RawSplits(xs[0], labels[0], xs[1], labels[1], tuple(str(i) for i in range(n_classes)))
+
+
+def _as_int_labels(y: np.ndarray, where: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(
+            f"{where}: labels must be a 1-D array of class indices, got shape {y.shape}."
+        )
+    if np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
+        out = y.astype(np.int64)
+    elif (
+        np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))
+    ):
+        out = y.astype(np.int64)
+    else:
+        example = next((v for v in y.ravel() if not _is_integral(v)), y.ravel()[0])
+        raise ValueError(
+            f"{where}: labels must be integer class indices, got dtype {y.dtype} "
+            f"(e.g. {example!r})."
+        )
+    if out.size and out.min() < 0:
+        raise ValueError(f"{where}: labels must be >= 0, got {out.min()}.")
+    return out
+
+
+def _is_integral(v) -> bool:
+    try:
+        return float(v) == int(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------- through Hugging Face datasets
+
+
+def _load_hub(hub_id: str) -> RawSplits:
+    import datasets
+
+    try:
+        dsd = datasets.load_dataset(hub_id)
+    except Exception as exc:  # network, auth, missing repo: say which and how to go offline
+        raise ValueError(
+            f"could not load {hub_id!r} from the Hugging Face hub ({type(exc).__name__}: "
+            f"{str(exc)[:200]}). Without network access, pass a local copy instead (an IDX "
+            "folder, ImageFolder tree, parquet files or .npz)."
+        ) from exc
+    return _from_dataset_dict(dsd, hub_id)
+
+
+def _load_imagefolder(path: Path) -> RawSplits:
+    import datasets
+
+    dsd = datasets.load_dataset("imagefolder", data_dir=str(path))
+    return _from_dataset_dict(dsd, str(path))
+
+
+def _load_parquet(files: list[Path], root: Path) -> RawSplits:
+    import datasets
+
+    data_files = {}
+    for split in ("train", "test"):
+        chosen = [str(p) for p in files if split in p.name or split in p.parent.name]
+        if chosen:
+            data_files[split] = chosen
+    if "train" not in data_files:
+        raise ValueError(f"{root}: missing split 'train': no parquet file named with 'train'.")
+    dsd = datasets.load_dataset("parquet", data_files=data_files)
+    return _from_dataset_dict(dsd, str(root))
+
+
+def _from_dataset_dict(dsd, where: str) -> RawSplits:
+    splits = list(dsd.keys())
+    for split in ("train", "test"):
+        if split not in dsd:
+            raise ValueError(f"{where}: missing split {split!r} (found {splits}).")
+    train, test = dsd["train"], dsd["test"]
+    image_col, label_col = _columns(train, where)
+    class_names = _class_names(train, label_col)
+    x_tr = _images(train[image_col], f"{where}:train")
+    x_te = _images(test[image_col], f"{where}:test")
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise ValueError(
+            f"{where}: train images are {x_tr.shape[1:]} but test images are {x_te.shape[1:]}; "
+            "all images must have the same size."
+        )
+    y_tr = _as_int_labels(np.asarray(train[label_col]), f"{where}:train:{label_col}")
+    y_te = _as_int_labels(np.asarray(test[label_col]), f"{where}:test:{label_col}")
+    if class_names is None:
+        class_names = tuple(str(i) for i in range(int(max(y_tr.max(), y_te.max())) + 1))
+    return RawSplits(x_tr, y_tr, x_te, y_te, class_names)
+
+
+def _columns(ds, where: str) -> tuple[str, str]:
+    import datasets
+
+    features = ds.features
+    image_cols = [k for k, f in features.items() if isinstance(f, datasets.Image)]
+    if not image_cols:  # parquet without the hub's metadata: {"bytes", "path"} structs
+        image_cols = [k for k in ("image", "img") if k in features]
+    if not image_cols:
+        raise ValueError(f"{where}: no image column (columns: {list(features)}).")
+    for candidate in ("label", "fine_label", "labels"):
+        if candidate in features:
+            return image_cols[0], candidate
+    class_cols = [k for k, f in features.items() if isinstance(f, datasets.ClassLabel)]
+    if class_cols:
+        return image_cols[0], class_cols[0]
+    raise ValueError(f"{where}: no label column (columns: {list(features)}).")
+
+
+def _class_names(ds, label_col: str):
+    import datasets
+
+    feature = ds.features[label_col]
+    if isinstance(feature, datasets.ClassLabel):
+        return tuple(feature.names)
+    return None
+
+
+def _images(column, where: str) -> np.ndarray:
+    from PIL import Image
+
+    arrays = []
+    for item in column:
+        if isinstance(item, dict):  # undecoded image struct
+            item = Image.open(io.BytesIO(item["bytes"]))
+        arrays.append(np.asarray(item))
+    shapes = {a.shape[:2] for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"{where}: images of mixed sizes {sorted(shapes)[:5]}; all images must have the same "
+            "height and width (resize them first)."
+        )
+    channels = {a.shape[2] if a.ndim == 3 else 1 for a in arrays}
+    n_channels = 3 if 3 in channels or 4 in channels else 1
+    out = np.empty((len(arrays), *next(iter(shapes)), n_channels), np.float32)
+    for i, a in enumerate(arrays):
+        if a.ndim == 2:
+            a = a[..., None]
+        a = a[..., :3] if a.shape[2] == 4 else a
+        if a.shape[2] != n_channels:
+            a = np.repeat(a, n_channels, axis=2)
+        out[i] = a
+    return out / 255.0
+
+
+def _check_raw(raw: RawSplits, where: str) -> None:
+    for name in ("x_train", "x_test"):
+        x = getattr(raw, name)
+        if np.isnan(x).any():
+            raise ValueError(f"{where}: {name} contains NaN values ({int(np.isnan(x).sum())}).")
+        if len(x) == 0:
+            raise ValueError(f"{where}: {name} is empty.")
+    if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
+        raise ValueError(
+            f"{where}: train images are {raw.x_train.shape[1:]} but test images are "
+            f"{raw.x_test.shape[1:]}; all images must have the same size."
+        )

@@ -1,0 +1,174 @@
+"""The distilled-set file: one ``.npz`` any framework can train on, plus a PNG grid and metrics.
+
+Keys of ``distilled.npz``:
+
+* ``images (N, H, W, C) float32`` in model-input space; ``labels (N, K) float32`` (learned);
+* ``mean (C,)``, ``std (C,)``, and where ZCA was used ``zca_mean (D,)`` and
+  ``zca_whitening (D, D)``: a raw uint8 image ``r`` maps to model input by
+  ``x = (r/255 − mean)/std``, then ``x = ((x.reshape(-1) − zca_mean) @ zca_whitening).reshape``;
+* ``flip`` (bool: train on the images and their horizontal mirrors), ``log_temperature``;
+* ``config``: a JSON string (dataset, method, ipc, steps, seed, hyperparameters, version).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distillation.data import Preprocessor
+
+REQUIRED_KEYS = ("images", "labels", "mean", "std")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistilledSet:
+    """A loaded distilled-set file."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    preprocessor: Preprocessor
+    flip: bool = False
+    log_temperature: float = 0.0
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return self.labels.shape[1]
+
+
+def save_distilled(
+    path: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    preprocessor: Preprocessor,
+    *,
+    flip: bool,
+    log_temperature: float,
+    config: dict[str, Any],
+) -> Path:
+    """Write the ``.npz`` of the export format (see the module docstring)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "images": np.asarray(images, np.float32),
+        "labels": np.asarray(labels, np.float32),
+        "mean": np.asarray(preprocessor.mean, np.float32),
+        "std": np.asarray(preprocessor.std, np.float32),
+        "flip": np.asarray(bool(flip)),
+        "log_temperature": np.asarray(float(log_temperature), np.float32),
+        "config": np.asarray(json.dumps(config, sort_keys=True)),
+    }
+    if preprocessor.zca_whitening is not None:
+        arrays["zca_mean"] = np.asarray(preprocessor.zca_mean, np.float32)
+        arrays["zca_whitening"] = np.asarray(preprocessor.zca_whitening, np.float32)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def load_distilled(path: str | Path) -> DistilledSet:
+    """Read a distilled-set ``.npz`` (ours or another tool's in the same format).
+
+    Only ``images``, ``labels``, ``mean`` and ``std`` are required; ``labels`` may be integer
+    class indices ``(N,)``, which are one-hot encoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file (expected a distilled-set .npz).")
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if missing:
+            raise ValueError(f"{path}: not a distilled-set file, missing keys {missing}.")
+        images = np.asarray(data["images"], np.float32)
+        labels = np.asarray(data["labels"])
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4:
+            raise ValueError(f"{path}: images must be (N, H, W, C), got {images.shape}.")
+        if labels.ndim == 1:
+            labels = np.eye(int(labels.max()) + 1, dtype=np.float32)[labels.astype(np.int64)]
+        pre = Preprocessor(
+            np.asarray(data["mean"], np.float32).reshape(-1),
+            np.asarray(data["std"], np.float32).reshape(-1),
+            np.asarray(data["zca_mean"], np.float32) if "zca_mean" in data else None,
+            np.asarray(data["zca_whitening"], np.float32) if "zca_whitening" in data else None,
+        )
+        flip = bool(data["flip"]) if "flip" in data else False
+        log_t = float(data["log_temperature"]) if "log_temperature" in data else 0.0
+        config = json.loads(str(data["config"])) if "config" in data else {}
+    return DistilledSet(images, labels.astype(np.float32), pre, flip, log_t, config)
+
+
+def image_grid(images01: np.ndarray, labels: np.ndarray, *, scale: int | None = None) -> np.ndarray:
+    """Arrange images (in ``[0, 1]``) with one row per class (argmax label), as uint8 RGB."""
+    images01 = np.clip(np.asarray(images01, np.float32), 0.0, 1.0)
+    n, h, w, c = images01.shape
+    classes = np.argmax(labels, axis=1)
+    rows = [np.flatnonzero(classes == k) for k in range(labels.shape[1])]
+    rows = [r for r in rows if len(r)]
+    cols = max(len(r) for r in rows)
+    pad = 1
+    grid = np.ones(((h + pad) * len(rows) + pad, (w + pad) * cols + pad, 3), np.float32)
+    for i, members in enumerate(rows):
+        for j, idx in enumerate(members):
+            img = images01[idx]
+            img = np.repeat(img, 3, axis=2) if c == 1 else img[..., :3]
+            y0, x0 = pad + i * (h + pad), pad + j * (w + pad)
+            grid[y0 : y0 + h, x0 : x0 + w] = img
+    if scale is None:
+        scale = max(1, 256 // max(grid.shape[:2]))
+    grid = np.kron(grid, np.ones((scale, scale, 1), np.float32))
+    return (grid * 255).round().astype(np.uint8)
+
+
+def save_image_grid(
+    path: str | Path, images: np.ndarray, labels: np.ndarray, preprocessor: Preprocessor
+) -> Path:
+    """PNG grid of the images, un-whitened and un-standardised for viewing."""
+    from PIL import Image
+
+    viewable = preprocessor.inverse(images)
+    # Distilled images can leave the data range; stretch per image to stay visible.
+    lo = np.minimum(viewable.min(axis=(1, 2, 3), keepdims=True), 0.0)
+    hi = np.maximum(viewable.max(axis=(1, 2, 3), keepdims=True), 1.0)
+    Image.fromarray(image_grid((viewable - lo) / (hi - lo), labels)).save(path)
+    return Path(path)
+
+
+def save_curves(path: str | Path, history: list[dict[str, float]], title: str = "") -> Path | None:
+    """Training curves (outer loss, target-batch accuracy, inner loss) as a PNG."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, key, label in zip(
+        axes,
+        ("outer_loss", "target_acc", "inner_loss"),
+        ("outer loss", "target-batch accuracy", "inner loss"),
+        strict=True,
+    ):
+        ax.plot(steps, [h[key] for h in history])
+        ax.set_xlabel("meta-iteration")
+        ax.set_title(label)
+        if key == "inner_loss":
+            ax.set_yscale("log")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
+    Path(path).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return Path(path)

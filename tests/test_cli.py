@@ -1,0 +1,331 @@
+"""Export round trip, the ``rcig`` command line, checkpoints and resume."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from distillation.algorithms import rcig
+from distillation.cli import main
+from distillation.data import Preprocessor, load_dataset
+from distillation.distill import DistillConfig, Interrupted, distill
+from distillation.export import load_distilled, save_distilled
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--width",
+    "8",
+    "--pool-size",
+    "2",
+    "--target-batch",
+    "64",
+    "--eval-steps",
+    "20",
+    "--no-progress",
+]
+
+
+def test_export_round_trip_and_format(tmp_path):
+    rng = np.random.default_rng(0)
+    pre = Preprocessor(
+        np.asarray([0.4, 0.5, 0.6], np.float32),
+        np.asarray([0.2, 0.25, 0.3], np.float32),
+        rng.normal(size=12).astype(np.float32),
+        np.eye(12, dtype=np.float32) * 2,
+    )
+    images = rng.normal(size=(4, 2, 2, 3)).astype(np.float32)
+    labels = rng.normal(size=(4, 5)).astype(np.float32)
+    path = save_distilled(
+        tmp_path / "d.npz",
+        images,
+        labels,
+        pre,
+        flip=True,
+        log_temperature=-1.5,
+        config={"method": "rcig", "ipc": 1},
+    )
+    loaded = load_distilled(path)
+    assert np.array_equal(loaded.images, images) and np.array_equal(loaded.labels, labels)
+    assert loaded.flip is True and loaded.log_temperature == pytest.approx(-1.5)
+    assert loaded.config == {"method": "rcig", "ipc": 1}
+    assert np.array_equal(loaded.preprocessor.zca_whitening, pre.zca_whitening)
+    # The documented recipe, with numpy alone: raw uint8 -> model input.
+    with np.load(path) as f:
+        raw = rng.integers(0, 256, size=(2, 2, 3)).astype(np.uint8)
+        x = (raw / 255 - f["mean"]) / f["std"]
+        x = ((x.reshape(-1) - f["zca_mean"]) @ f["zca_whitening"]).reshape(raw.shape)
+        assert set(f.files) >= {
+            "images",
+            "labels",
+            "mean",
+            "std",
+            "zca_mean",
+            "zca_whitening",
+            "flip",
+            "log_temperature",
+            "config",
+        }
+    assert np.allclose(x, pre(raw[None] / 255.0)[0], atol=1e-5)
+    # Grayscale without ZCA writes no ZCA keys.
+    gray = Preprocessor(np.asarray([0.1], np.float32), np.asarray([0.3], np.float32))
+    save_distilled(
+        tmp_path / "g.npz",
+        images[..., :1],
+        labels,
+        gray,
+        flip=False,
+        log_temperature=0.0,
+        config={},
+    )
+    with np.load(tmp_path / "g.npz") as f:
+        assert "zca_whitening" not in f.files
+
+
+def test_load_distilled_rejects_other_files(tmp_path):
+    np.savez(tmp_path / "x.npz", foo=np.zeros(3))
+    with pytest.raises(ValueError, match=r"missing keys \['images', 'labels', 'mean', 'std'\]"):
+        load_distilled(tmp_path / "x.npz")
+    with pytest.raises(ValueError, match="no such file"):
+        load_distilled(tmp_path / "missing.npz")
+
+
+def test_distill_then_evaluate_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["distill", "--steps", "4", "--eval-models", "1", "--out", str(out), *TINY]) == 0
+    for name in ("distilled.npz", "distilled.png", "metrics.json", "curves.png"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "rcig" and metrics["steps_done"] == 4
+    assert 0 <= metrics["eval"]["acc_mean"] <= 100 and len(metrics["eval"]["accs"]) == 1
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out / "distilled.npz"),
+                "--dataset",
+                "digits",
+                "--models",
+                "2",
+                "--steps",
+                "20",
+                "--width",
+                "8",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert set(result) == {"acc_mean", "acc_std", "accs"} and len(result["accs"]) == 2
+    assert result["acc_mean"] == pytest.approx(np.mean(result["accs"]))
+
+
+def test_evaluate_a_set_made_by_another_tool(tmp_path, capsys):
+    """Integer labels, no config, no flip key: still evaluable."""
+    ds = load_dataset("digits")
+    idx = np.concatenate([np.flatnonzero(ds.y_train == c)[:2] for c in range(10)])
+    raw01 = ds.preprocessor.inverse(ds.x_train[idx])
+    np.savez(
+        tmp_path / "other.npz",
+        images=raw01,
+        labels=ds.y_train[idx],
+        mean=np.zeros(1, np.float32),
+        std=np.ones(1, np.float32),
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "other.npz"),
+                "--dataset",
+                "digits",
+                "--models",
+                "1",
+                "--steps",
+                "30",
+                "--width",
+                "8",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert 0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["acc_mean"] <= 100
+
+
+def test_random_baseline_and_ablation_table(tmp_path):
+    out = tmp_path / "ablate"
+    assert (
+        main(
+            [
+                "ablate",
+                "--methods",
+                "random,frepo",
+                "--steps",
+                "3",
+                "--seeds",
+                "0,1",
+                "--eval-models",
+                "1",
+                "--out",
+                str(out),
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    table = (out / "table.md").read_text()
+    assert "| random |" in table and "| frepo |" in table and "±" in table
+    summary = json.loads((out / "ablation.json").read_text())
+    assert len(summary["random"]["accs"]) == 2  # 2 seeds x 1 model
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["distill", "--dataset", "no_such_set"], "unknown dataset 'no_such_set'"),
+        (["distill", "--ipc", "1000", "--steps", "1", "--no-progress"], "ipc=1000"),
+        (["ablate", "--methods", "rcig,magic"], "unknown ['magic']"),
+    ],
+)
+def test_bad_input_gives_clear_error(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_argparse_rejects_bad_numbers(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["distill", "--ipc", "0"])
+    assert exc.value.code == 2
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def _digits():
+    ds = load_dataset("digits")
+    return ds.x_train, ds.y_train
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    x, y = _digits()
+    config = DistillConfig(
+        steps=6,
+        pool_size=2,
+        reset_every=3,
+        target_batch=32,
+        width=4,
+        checkpoint_every=100,
+        log_every=1,
+        tune_every=2,
+    )
+    full = distill(
+        x, y, 10, rcig(n_inner=3, n_hessian=3), 1, config, key=jax.random.key(3), progress=False
+    )
+
+    def interrupt_at_3(step, row):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match="interrupted at step 3"):
+        distill(
+            x,
+            y,
+            10,
+            rcig(n_inner=3, n_hessian=3),
+            1,
+            config,
+            key=jax.random.key(3),
+            checkpoint_dir=tmp_path,
+            fingerprint="f",
+            progress=False,
+            on_log=interrupt_at_3,
+        )
+    resumed = distill(
+        x,
+        y,
+        10,
+        rcig(n_inner=3, n_hessian=3),
+        1,
+        config,
+        key=jax.random.key(3),
+        checkpoint_dir=tmp_path,
+        resume=True,
+        fingerprint="f",
+        progress=False,
+    )
+    assert resumed.steps == 6
+    assert np.array_equal(np.asarray(resumed.support.images), np.asarray(full.support.images))
+    assert np.array_equal(np.asarray(resumed.support.labels), np.asarray(full.support.labels))
+    assert [h["step"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
+    # A checkpoint made with other settings is refused.
+    with pytest.raises(ValueError, match="different settings"):
+        distill(
+            x,
+            y,
+            10,
+            rcig(n_inner=3, n_hessian=3),
+            1,
+            config,
+            key=jax.random.key(3),
+            checkpoint_dir=tmp_path,
+            resume=True,
+            fingerprint="other",
+            progress=False,
+        )
+
+
+def test_kill_leaves_resumable_checkpoint(tmp_path):
+    out = tmp_path / "killed"
+    args = [
+        "--steps",
+        "100000",
+        "--eval-models",
+        "0",
+        "--out",
+        str(out),
+        "--checkpoint-every",
+        "1000",
+        "--width",
+        "8",
+        "--pool-size",
+        "2",
+        "--target-batch",
+        "64",
+    ]
+    cmd = [sys.executable, "-m", "distillation.cli", "distill", *args]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    seen = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read1(256), b"")))
+    reader.start()
+    # Kill once the progress bar shows a few finished iterations.
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if re.search(rb"\| *([5-9]|\d\d+)/100000", b"".join(seen)):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    err = b"".join(seen).decode(errors="replace")
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["step"] >= 5
+    assert (out / "checkpoint.eqx").stat().st_size > 0

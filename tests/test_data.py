@@ -1,0 +1,258 @@
+"""Loaders for every kind of source (on small fixtures made here), ZCA, and bad input."""
+
+import gzip
+import io
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from distillation.data import (
+    Preprocessor,
+    fit_preprocessor,
+    load_dataset,
+    load_raw,
+    zca_whitening,
+)
+from distillation.distill import init_support
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _images(n, size=8, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (n, size, size, channels) if channels > 1 else (n, size, size)
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool = True):
+    header = (
+        b"\x00\x00\x08" + bytes([array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    )
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def _make_idx(folder: Path, n_train=30, n_test=10):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    _write_idx(folder / "train-images-idx3-ubyte", _images(n_train, 6, 1))
+    _write_idx(folder / "train-labels-idx1-ubyte", rng.integers(0, 3, n_train).astype(np.uint8))
+    _write_idx(folder / "t10k-images-idx3-ubyte", _images(n_test, 6, 1), gz=False)
+    _write_idx(
+        folder / "t10k-labels-idx1-ubyte", rng.integers(0, 3, n_test).astype(np.uint8), gz=False
+    )
+    return folder
+
+
+def _make_imagefolder(root: Path, sizes=None, classes=("cat", "dog", "eel")):
+    for split, n in (("train", 4), ("test", 2)):
+        for c_i, cls in enumerate(classes):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                size = 8 if sizes is None else sizes[(c_i + i) % len(sizes)]
+                Image.fromarray(_images(1, size, 3, seed=c_i * 10 + i)[0]).save(d / f"{i}.png")
+    return root
+
+
+def test_idx_folder(tmp_path):
+    raw = load_raw(str(_make_idx(tmp_path / "idx")))
+    assert raw.x_train.shape == (30, 6, 6, 1) and raw.x_test.shape == (10, 6, 6, 1)
+    assert raw.x_train.dtype == np.float32 and 0.0 <= raw.x_train.min() and raw.x_train.max() <= 1.0
+    assert raw.y_train.dtype == np.int64
+
+
+def test_imagefolder_through_datasets(tmp_path):
+    raw = load_raw(str(_make_imagefolder(tmp_path / "folder")))
+    assert raw.x_train.shape == (12, 8, 8, 3) and raw.x_test.shape == (6, 8, 8, 3)
+    assert raw.class_names == ("cat", "dog", "eel")
+    assert sorted(np.bincount(raw.y_train)) == [4, 4, 4]
+
+
+def test_parquet_in_hub_schema(tmp_path):
+    import datasets
+
+    features = datasets.Features(
+        {"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+    )
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    for split, n in (("train", 6), ("test", 4)):
+        imgs = [Image.fromarray(a) for a in _images(n, 8, 3)]
+        ds = datasets.Dataset.from_dict(
+            {"img": imgs, "label": [i % 2 for i in range(n)]}, features=features
+        )
+        ds.to_parquet(str(folder / f"{split}-00000.parquet"))
+    raw = load_raw(str(folder))
+    assert raw.x_train.shape == (6, 8, 8, 3) and raw.class_names == ("a", "b")
+    assert list(raw.y_test) == [0, 1, 0, 1]
+
+
+def test_parquet_without_metadata_decodes_image_structs(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for split in ("train", "test"):
+        blobs = []
+        for a in _images(3, 5, 1):
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, format="PNG")
+            blobs.append({"bytes": buf.getvalue(), "path": None})
+        table = pa.table({"image": blobs, "label": [0, 1, 2]})
+        pq.write_table(table, folder / f"{split}.parquet")
+    raw = load_raw(str(folder))
+    assert raw.x_train.shape == (3, 5, 5, 1)
+
+
+def test_npz(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(
+        path,
+        x_train=_images(20, 4, 1),
+        y_train=np.arange(20) % 4,
+        x_test=_images(8, 4, 1),
+        y_test=np.arange(8) % 4,
+    )
+    ds = load_dataset(str(path))
+    assert ds.x_train.shape == (20, 4, 4, 1) and ds.num_classes == 4
+    assert ds.preprocessor.zca_whitening is None  # grayscale: standardisation only
+    assert abs(float(ds.x_train.mean())) < 1e-5 and abs(float(ds.x_train.std()) - 1) < 1e-4
+
+
+def test_digits_default_and_known_names():
+    ds = load_dataset("digits")
+    assert ds.image_shape == (8, 8, 1) and ds.num_classes == 10
+    assert len(ds.x_train) + len(ds.x_test) == 1797
+
+
+@pytest.mark.skipif(not (SHARED / "mnist").exists(), reason="shared data not present")
+def test_shared_mnist_idx_matches_its_readme():
+    raw = load_raw(str(SHARED / "mnist"))
+    assert raw.x_train.shape == (60000, 28, 28, 1) and raw.x_test.shape == (10000, 28, 28, 1)
+    assert list(np.bincount(raw.y_train)) == [
+        5923,
+        6742,
+        5958,
+        6131,
+        5842,
+        5421,
+        5918,
+        6265,
+        5851,
+        5949,
+    ]
+    assert abs(float(raw.x_train.mean()) * 255 - 33.318) < 0.01
+
+
+def test_zca_whitens_and_inverse_restores(tmp_path):
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(48, 48))
+    x = (rng.normal(size=(2000, 48)) @ mixing).reshape(2000, 4, 4, 3)
+    x01 = (x - x.min()) / (x.max() - x.min())
+    # Weak regularisation: covariance of the whitened data is close to the identity.
+    pre = fit_preprocessor(x01.astype(np.float32), zca=True, zca_strength=1e-4)
+    flat = pre(x01).reshape(2000, -1).astype(np.float64)
+    cov = np.cov(flat, rowvar=False)
+    assert np.abs(cov - np.eye(48)).max() < 0.05
+    # The paper's strength 0.1: not the identity, but the inverse restores the images.
+    pre = fit_preprocessor(x01.astype(np.float32), zca=True, zca_strength=0.1)
+    assert np.abs(pre.inverse(pre(x01)) - x01).max() < 1e-4
+    mean, w = zca_whitening(flat, 0.1)
+    assert np.allclose(w, w.T, atol=1e-5)
+
+
+def test_rgb_gets_zca_by_default(tmp_path):
+    ds = load_dataset(str(_make_imagefolder(tmp_path / "f")))
+    assert ds.preprocessor.zca_whitening is not None
+    assert ds.preprocessor.zca_whitening.shape == (192, 192)
+    restored = ds.preprocessor.inverse(ds.x_test)
+    raw = load_raw(str(tmp_path / "f"))
+    assert np.abs(restored - raw.x_test).max() < 1e-3
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_unknown_dataset_names_the_value_and_choices():
+    with pytest.raises(ValueError, match="unknown dataset 'not_a_dataset'.*digits"):
+        load_dataset("not_a_dataset")
+
+
+def test_missing_split(tmp_path):
+    root = tmp_path / "only_train"
+    _make_imagefolder(root)
+    import shutil
+
+    shutil.rmtree(root / "test")
+    with pytest.raises(ValueError, match="missing split 'test'"):
+        load_dataset(str(root))
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=_images(4, 4, 1), y_train=np.arange(4))
+    with pytest.raises(ValueError, match=r"missing split arrays \['x_test', 'y_test'\]"):
+        load_dataset(str(path))
+
+
+def test_mixed_image_sizes(tmp_path):
+    with pytest.raises(ValueError, match="mixed sizes"):
+        load_dataset(str(_make_imagefolder(tmp_path / "mixed", sizes=(8, 9))))
+
+
+def test_non_integer_labels(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(
+        path,
+        x_train=_images(4, 4, 1),
+        y_train=np.asarray([0.0, 1.5, 2.0, 1.0]),
+        x_test=_images(2, 4, 1),
+        y_test=np.asarray([0, 1]),
+    )
+    with pytest.raises(ValueError, match="integer class indices.*1.5"):
+        load_dataset(str(path))
+    np.savez(
+        path,
+        x_train=_images(2, 4, 1),
+        y_train=np.asarray(["cat", "dog"]),
+        x_test=_images(2, 4, 1),
+        y_test=np.asarray([0, 1]),
+    )
+    with pytest.raises(ValueError, match="integer class indices"):
+        load_dataset(str(path))
+
+
+def test_nan_in_data(tmp_path):
+    x = np.random.default_rng(0).random((4, 4, 4)).astype(np.float32)
+    x[2, 1, 1] = np.nan
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=x, y_train=np.arange(4), x_test=x[:2] * 0, y_test=np.arange(2))
+    with pytest.raises(ValueError, match="x_train contains NaN"):
+        load_dataset(str(path))
+
+
+def test_more_images_per_class_than_a_class_has():
+    ds = load_dataset("digits")
+    import jax
+
+    with pytest.raises(ValueError, match=r"ipc=500 .* class 0 has only \d+ training images"):
+        init_support(ds.x_train, ds.y_train, 10, 500, key=jax.random.key(0))
+
+
+def test_hub_id_without_network_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ValueError, match="could not load 'someone/missing-set'.*local copy"):
+        load_dataset("someone/missing-set")
+
+
+def test_preprocessor_roundtrip_grayscale():
+    pre = Preprocessor(np.asarray([0.2], np.float32), np.asarray([0.5], np.float32))
+    x = np.random.default_rng(0).random((3, 4, 4, 1)).astype(np.float32)
+    assert np.allclose(pre.inverse(pre(x)), x, atol=1e-6)
