@@ -8,8 +8,9 @@ Public names:
   :class:`LinearizedNetwork`, :func:`linearize`, :class:`JointHead`, :class:`ClosedFormHead`,
   :func:`closed_form_head`, :func:`platt_cross_entropy`, :func:`mean_squared_error`,
   :class:`ModelPool`, :class:`LearningRateTuner`, :func:`dsa_augment`.
-* The loop: :class:`DistillConfig`, :func:`distill`, :func:`make_step`, :func:`init_state`,
-  :func:`init_support`, :func:`random_subset`, :func:`make_pool`, :func:`meta_optimizer`.
+* The loop: :class:`DistillConfig`, :func:`distill`, :func:`make_step`,
+  :func:`make_tune_step`, :func:`init_state`, :func:`init_support`, :func:`random_subset`,
+  :func:`make_pool`, :func:`meta_optimizer`.
 * Data, evaluation, export: :func:`load_dataset`, :class:`ImageDataset`, :class:`Preprocessor`,
   :class:`EvalConfig`, :func:`evaluate_support`, :func:`save_distilled`, :func:`load_distilled`.
 """
@@ -35,6 +36,7 @@ from distillation.distill import (
     init_support,
     make_pool,
     make_step,
+    make_tune_step,
     meta_optimizer,
     random_subset,
 )
@@ -84,6 +86,7 @@ __all__ = [
     "load_distilled",
     "make_pool",
     "make_step",
+    "make_tune_step",
     "mean_squared_error",
     "meta_loss",
     "meta_optimizer",

@@ -270,7 +270,7 @@ def run_one(args, dataset, method: str, seed: int, out: Path, resume: bool, eval
         jax.config.update("jax_enable_x64", True)
     key = jax.random.key(seed)
     out.mkdir(parents=True, exist_ok=True)
-    history, seconds, steps_done = [], 0.0, 0
+    history, seconds, steps_done, steps_run = [], 0.0, 0, 0
     if method == "random":
         support = random_subset(
             dataset.x_train,
@@ -300,11 +300,12 @@ def run_one(args, dataset, method: str, seed: int, out: Path, resume: bool, eval
         except Interrupted as exc:
             print(f"\n{exc}", file=sys.stderr)
             raise SystemExit(130) from None
-        support, history, seconds, steps_done = (
+        support, history, seconds, steps_done, steps_run = (
             result.support,
             result.history,
             result.seconds,
             result.steps,
+            result.steps_run,
         )
         flip = s["flip"]
     config_record = {"method": method, "seed": seed, "library_version": bilevel.__version__, **s}
@@ -324,9 +325,7 @@ def run_one(args, dataset, method: str, seed: int, out: Path, resume: bool, eval
     metrics = {
         **config_record,
         "distill_seconds": seconds,
-        "seconds_per_step": seconds / max(len(history) and history[-1]["step"], 1)
-        if history
-        else None,
+        "seconds_per_step": seconds / steps_run if steps_run else None,
         "steps_done": steps_done,
         "final": history[-1] if history else None,
     }

@@ -105,23 +105,23 @@ def load_distilled(path: str | Path) -> DistilledSet:
 
 
 def image_grid(images01: np.ndarray, labels: np.ndarray, *, scale: int | None = None) -> np.ndarray:
-    """Arrange images (in ``[0, 1]``) with one row per class (argmax label), as uint8 RGB."""
+    """Arrange images (in ``[0, 1]``) with one column per class (argmax label), as uint8 RGB."""
     images01 = np.clip(np.asarray(images01, np.float32), 0.0, 1.0)
     n, h, w, c = images01.shape
     classes = np.argmax(labels, axis=1)
-    rows = [np.flatnonzero(classes == k) for k in range(labels.shape[1])]
-    rows = [r for r in rows if len(r)]
-    cols = max(len(r) for r in rows)
+    columns = [np.flatnonzero(classes == k) for k in range(labels.shape[1])]
+    columns = [col for col in columns if len(col)]
+    rows = max(len(col) for col in columns)
     pad = 1
-    grid = np.ones(((h + pad) * len(rows) + pad, (w + pad) * cols + pad, 3), np.float32)
-    for i, members in enumerate(rows):
-        for j, idx in enumerate(members):
+    grid = np.ones(((h + pad) * rows + pad, (w + pad) * len(columns) + pad, 3), np.float32)
+    for j, members in enumerate(columns):
+        for i, idx in enumerate(members):
             img = images01[idx]
             img = np.repeat(img, 3, axis=2) if c == 1 else img[..., :3]
             y0, x0 = pad + i * (h + pad), pad + j * (w + pad)
             grid[y0 : y0 + h, x0 : x0 + w] = img
     if scale is None:
-        scale = max(1, 256 // max(grid.shape[:2]))
+        scale = max(1, 480 // max(grid.shape[:2]))
     grid = np.kron(grid, np.ones((scale, scale, 1), np.float32))
     return (grid * 255).round().astype(np.uint8)
 

@@ -21,6 +21,7 @@ from distillation import (
     load_dataset,
     make_pool,
     make_step,
+    make_tune_step,
     rcig,
 )
 
@@ -37,11 +38,14 @@ def main():
         data.x_train, data.y_train, data.num_classes, ipc=1, key=jax.random.key(0)
     )
     state = init_state(support, pool, config, key=jax.random.key(1))
-    step = jax.jit(make_step(algorithm, pool, config, LearningRateTuner(every=10)))
+    step = jax.jit(make_step(algorithm, pool, config))
+    tune = jax.jit(make_tune_step(algorithm, pool, config, LearningRateTuner(every=10)))
 
     x = jnp.asarray(data.x_train)
     y = jax.nn.one_hot(jnp.asarray(data.y_train), data.num_classes)
     for i in range(config.steps):
+        if i % 10 == 0:
+            state = tune(state, x, y)  # the paper's automatic inner / Hessian-inverse lr
         state, metrics = step(state, x, y)  # compiled once; state is an immutable pytree
         if (i + 1) % 25 == 0:
             print(

@@ -19,7 +19,14 @@ from distillation.algorithms import (
     rig,
     vig,
 )
-from distillation.distill import DistillConfig, init_state, init_support, make_pool, make_step
+from distillation.distill import (
+    DistillConfig,
+    init_state,
+    init_support,
+    make_pool,
+    make_step,
+    make_tune_step,
+)
 from distillation.models import conv_net
 from distillation.networks import LinearizedNetwork, StandardNetwork
 from distillation.objectives import ClosedFormHead, closed_form_head
@@ -197,7 +204,8 @@ def test_step_compiles_once_and_distillation_lowers_outer_loss():
     pool = make_pool(x.shape[1:], 10, config)
     support = init_support(x, y, 10, 1, key=jax.random.key(0))
     state = init_state(support, pool, config, key=jax.random.key(1))
-    step = jax.jit(make_step(algorithm, pool, config, LearningRateTuner(every=5)))
+    step = jax.jit(make_step(algorithm, pool, config))
+    tune = jax.jit(make_tune_step(algorithm, pool, config, LearningRateTuner(every=5)))
     x_dev, y_dev = jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 10)
 
     # Held-out judge: fresh models, a fixed large target batch, the same outer loss.
@@ -219,10 +227,16 @@ def test_step_compiles_once_and_distillation_lowers_outer_loss():
         )
 
     before = judge(state.support)
-    for _ in range(config.steps):
+    lr_history = []
+    for i in range(config.steps):
+        if i % 5 == 0:
+            state = tune(state, x_dev, y_dev)
+            lr_history.append((float(state.lrs.inner), float(state.lrs.hessian)))
         state, metrics = step(state, x_dev, y_dev)
     after = judge(state.support)
     assert step._cache_size() == 1  # one compilation for all iterations
+    assert tune._cache_size() == 1
+    assert len(set(lr_history)) > 1  # the tuner did move the learning rates
     assert int(state.step) == config.steps
     assert after < before - 0.05, (before, after)
     assert all(np.isfinite(float(v)) for v in metrics.values())
