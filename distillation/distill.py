@@ -171,6 +171,24 @@ def flip_augment(images: Array, labels: Array) -> tuple[Array, Array]:
     return jnp.concatenate([images, images[:, :, ::-1]]), jnp.concatenate([labels, labels])
 
 
+def inner_support(support: SupportSet, config: DistillConfig) -> SupportSet:
+    """The support set as the inner problem sees it (with mirrors under the flip strategy)."""
+    if not config.flip:
+        return support
+    return SupportSet(*flip_augment(support.images, support.labels), support.log_temperature)
+
+
+def l2_strength(support: SupportSet, config: DistillConfig) -> Array:
+    """``λ = l2_per_image · |S|``, counting the mirrors under the flip strategy."""
+    n_support = support.images.shape[0] * (2 if config.flip else 1)
+    return jnp.asarray(config.l2_per_image * n_support, jnp.float32)
+
+
+def _sample_target(key: Array, x_train: Array, y_train: Array, config: DistillConfig):
+    batch = jax.random.randint(key, (config.target_batch,), 0, x_train.shape[0])
+    return x_train[batch], y_train[batch]
+
+
 def make_pool(image_shape, num_classes, config: DistillConfig) -> ModelPool:
     def make_model(key):
         return conv_net(
@@ -235,28 +253,18 @@ def make_step(
         )
         index = jax.random.randint(k_model, (), 0, pool.size)
         model0 = pool.model(state.pool, index)
-        batch = jax.random.randint(k_batch, (config.target_batch,), 0, x_train.shape[0])
-        x_t, y_t = x_train[batch], y_train[batch]
+        x_t, y_t = _sample_target(k_batch, x_train, y_train, config)
         if batch_sharding is not None:
             x_t = jax.lax.with_sharding_constraint(x_t, batch_sharding)
             y_t = jax.lax.with_sharding_constraint(y_t, batch_sharding)
 
-        n_support = state.support.images.shape[0] * (2 if config.flip else 1)
-        l2 = jnp.asarray(config.l2_per_image * n_support, jnp.float32)
-
+        l2 = l2_strength(state.support, config)
         sub_index, rest = _subsample(state.support, config.n_subset, k_subset)
+        const = None if rest is None else inner_support(rest, config)
 
         def loss_fn(diff_part: SupportSet):
-            images, labels = diff_part.images, diff_part.labels
-            const = rest
-            if config.flip:
-                images, labels = flip_augment(images, labels)
-                if const is not None:
-                    const = SupportSet(
-                        *flip_augment(const.images, const.labels), const.log_temperature
-                    )
             return meta_loss(
-                SupportSet(images, labels, diff_part.log_temperature),
+                inner_support(diff_part, config),
                 algorithm,
                 model0,
                 x_t,
@@ -277,11 +285,10 @@ def make_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.support)
         support = optax.apply_updates(state.support, updates)
 
-        x_pool, y_pool = support.images, support.labels
-        if config.flip:
-            x_pool, y_pool = flip_augment(x_pool, y_pool)
-        pool_state, pool_loss = pool.train_step(state.pool, index, x_pool, y_pool, key=k_renew)
-
+        seen = inner_support(support, config)
+        pool_state, pool_loss = pool.train_step(
+            state.pool, index, seen.images, seen.labels, key=k_renew
+        )
         lrs = state.lrs
         new_state = DistillState(
             support, opt_state, pool_state, lrs, jax.random.key_data(key), state.step + 1
@@ -347,20 +354,16 @@ def make_tune_step(
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 0x7E5E)
         k_model, k_batch = jax.random.split(key)
         model0 = pool.model(state.pool, jax.random.randint(k_model, (), 0, pool.size))
-        batch = jax.random.randint(k_batch, (config.target_batch,), 0, x_train.shape[0])
-        x_s, y_s = state.support.images, state.support.labels
-        if config.flip:
-            x_s, y_s = flip_augment(x_s, y_s)
-        n_support = x_s.shape[0]
-        l2 = jnp.asarray(config.l2_per_image * n_support, jnp.float32)
+        x_t, y_t = _sample_target(k_batch, x_train, y_train, config)
+        support = inner_support(state.support, config)
         lrs = tuner.probe(
             algorithm,
             algorithm.network(model0),
-            x_s,
-            y_s,
-            l2,
-            x_train[batch],
-            y_train[batch],
+            support.images,
+            support.labels,
+            l2_strength(state.support, config),
+            x_t,
+            y_t,
             state.support.log_temperature,
             state.lrs,
         )

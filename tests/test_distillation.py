@@ -240,3 +240,20 @@ def test_step_compiles_once_and_distillation_lowers_outer_loss():
     assert int(state.step) == config.steps
     assert after < before - 0.05, (before, after)
     assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_subsampled_backward_updates_only_the_drawn_images_and_flip_runs():
+    x, y = _digits()
+    config = DistillConfig(pool_size=2, target_batch=64, width=4, n_subset=4, flip=True)
+    algorithm = rcig(n_inner=3, n_hessian=3)
+    pool = make_pool(x.shape[1:], 10, config)
+    support = init_support(x, y, 10, 1, key=jax.random.key(0))
+    state = init_state(support, pool, config, key=jax.random.key(1))
+    step = jax.jit(make_step(algorithm, pool, config))
+    new_state, metrics = step(state, jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 10))
+    changed = np.any(np.asarray(new_state.support.images != state.support.images), axis=(1, 2, 3))
+    # First AdaBelief step: zero gradient means zero update, so exactly the subset moved.
+    assert int(changed.sum()) == 4
+    assert np.isfinite(float(metrics["outer_loss"]))
+    with pytest.raises(ValueError, match="n_subset"):
+        DistillConfig(n_subset=0)
