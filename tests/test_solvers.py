@@ -166,3 +166,22 @@ def test_implicit_memory_does_not_grow_with_inner_steps():
     unrolled_mem = [_temp_bytes(unrolled(n), 1.0) for n in (10, 100, 1000)]
     assert implicit_mem[0] == implicit_mem[1] == implicit_mem[2]
     assert unrolled_mem[2] > 10 * unrolled_mem[0]  # the contrast the check relies on
+
+
+def test_traces_report_the_losses_of_a_solve(x64):
+    a = _spd(6)
+    b = jnp.ones(6)
+    x, trace = bilevel.AdamQuadratic(steps=50, learning_rate=0.01).solve_with_trace(
+        lambda v: a @ v, b
+    )
+    assert trace.shape == (51,) and float(trace[0]) == 0.0  # objective at x = 0
+    nb = jnp.linalg.norm(b)
+    final = 0.5 * (x / nb) @ a @ (x / nb) - (b / nb) @ (x / nb)
+    assert jnp.allclose(trace[-1], final)  # last entry is the objective at the returned point
+    assert float(trace[-1]) < float(trace[0])
+    loss = lambda w: 0.5 * jnp.sum((w - 3.0) ** 2)
+    _, info = bilevel.OptaxMinimizer(optax.sgd(0.1), steps=10)(loss, jnp.zeros(2))
+    assert info.loss_trace.shape == (10,) and float(info.loss_trace[0]) == 9.0
+    assert bool(jnp.all(jnp.diff(info.loss_trace) < 0))
+    _, info = bilevel.OptaxMinimizer(optax.sgd(0.5), steps=30, tol=1e-3)(loss, jnp.zeros(2))
+    assert int(info.steps) < 30 and bool(jnp.isnan(info.loss_trace[-1]))  # steps not taken
