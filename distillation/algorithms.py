@@ -82,8 +82,8 @@ class Algorithm(eqx.Module):
             (e.g. ``bilevel.CG()`` or ``bilevel.Dense()``); ``None`` for ``AdamQuadratic``.
         inner_optimizer: learning rate → optax optimizer for the inner problem.
         unroll: unroll the inner and Hessian-inverse loops (``lax.scan(unroll=True)``). On CPU,
-            XLA runs convolution gradients 2–35× slower inside a loop than in straight-line code
-            (measured, see docs/performance.md); for the paper's ``n_inner = n_H = 20`` unrolling
+            XLA runs convolution gradients 2–27× slower inside a loop than in straight-line code
+            (``benchmarks/cpu_loops.py``); for the paper's ``n_inner = n_H = 20`` unrolling
             costs only compile time. ``None`` (default) unrolls loops of at most
             :data:`MAX_UNROLL` steps; ``False`` never unrolls (constant program size).
     """

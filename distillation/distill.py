@@ -343,8 +343,8 @@ def make_tune_step(
     iterations, before the step).
 
     It is a separate compiled function rather than a ``lax.cond`` inside the step because XLA on
-    CPU runs the convolutions inside a conditional's branches many times slower than in
-    straight-line code (measured: 14.7 s instead of ~1.5 s at width 32). Its randomness is folded
+    CPU runs convolution gradients inside a conditional's branches ~20× slower than in
+    straight-line code (``benchmarks/cpu_loops.py``). Its randomness is folded
     from the state's key without advancing it, so tuning does not change the step's draws.
     """
 

@@ -93,8 +93,8 @@ def train_model(
     """Train one fresh ReLU ConvNet on ``(images, labels)`` with the protocol's schedule.
 
     Steps run in jitted chunks of :data:`CHUNK` unrolled steps (compiled once per shape and
-    config): XLA on CPU runs convolution weight gradients up to 35× slower inside a ``lax.scan``
-    loop than in straight-line code.
+    config): XLA on CPU runs convolution weight gradients ~20× slower inside a ``lax.scan`` loop
+    than in straight-line code (``benchmarks/cpu_loops.py``).
     """
     n, k = images.shape[0], labels.shape[1]
     steps = config.train_steps(n if n_support is None else n_support)
