@@ -31,6 +31,7 @@ from distillation.data import ImageDataset, Preprocessor, load_dataset
 from distillation.distill import (
     DistillConfig,
     DistillResult,
+    Snapshot,
     distill,
     init_state,
     init_support,
@@ -70,6 +71,7 @@ __all__ = [
     "LinearizedNetwork",
     "ModelPool",
     "Preprocessor",
+    "Snapshot",
     "StandardNetwork",
     "SupportSet",
     "cig",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -408,6 +408,17 @@ class DistillResult:
     seconds: float
     steps: int
     steps_run: int
+    snapshots: list[Snapshot] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The support set after ``step`` iterations, ``seconds`` of wall-clock time into the call
+    (compilation included: what a user waits for)."""
+
+    step: int
+    seconds: float
+    support: SupportSet
 
 
 def _checkpoint_paths(directory: Path) -> tuple[Path, Path]:
@@ -458,6 +469,7 @@ def distill(
     fingerprint: str = "",
     progress: bool = True,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
+    snapshot_steps: Collection[int] = (),
 ) -> DistillResult:
     """Run Algorithm 1 for ``config.steps`` meta-iterations.
 
@@ -477,6 +489,8 @@ def distill(
             is refused.
         progress: show a progress bar with the current losses.
         on_log: called every ``config.log_every`` steps with ``(step, metrics)``.
+        snapshot_steps: iteration counts after which to keep a copy of the support set, with the
+            wall-clock time so far (for accuracy-against-time curves); ``0`` is the start.
 
     Returns:
         The learned support set, the logged metrics, the wall-clock seconds spent in this call.
@@ -532,7 +546,19 @@ def distill(
         desc=algorithm.name,
         dynamic_ncols=True,
     )
+    snapshot_steps = set(snapshot_steps)
+    bad = [s for s in snapshot_steps if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise ValueError(f"snapshot_steps must be integers >= 0, got {sorted(map(str, bad))}.")
+    snapshots: list[Snapshot] = []
     t0 = time.perf_counter()
+
+    def snapshot(done: int):
+        if done in snapshot_steps:
+            support = jax.device_get(jax.block_until_ready(state.support))
+            snapshots.append(Snapshot(done, time.perf_counter() - t0, support))
+
+    snapshot(start)
     try:
         for it in range(start, config.steps):
             if tuning and it % tuner.every == 0:
@@ -553,6 +579,7 @@ def distill(
                 if on_log is not None:
                     on_log(done, row)
             bar.update(1)
+            snapshot(done)
             if done % config.checkpoint_every == 0:
                 checkpoint()
             if stop["signal"] is not None:
@@ -573,4 +600,6 @@ def distill(
     jax.block_until_ready(state)
     seconds = time.perf_counter() - t0
     checkpoint()
-    return DistillResult(state.support, history, seconds, int(state.step), int(state.step) - start)
+    return DistillResult(
+        state.support, history, seconds, int(state.step), int(state.step) - start, snapshots
+    )

@@ -5,7 +5,8 @@ while the loss trace of a solve decreases monotonically, cut it by 10% when the 
 (its last loss is above its first, or not finite). The traces come from a *probe*: the inner
 solve (``OptaxMinimizer``'s ``loss_trace``) and the Hessian-inverse solve (``AdamQuadratic``'s
 objective trace, ``½vᵀHv − gᵀv``) rerun on the current meta-step's problem. The probe runs every
-``every`` iterations inside the same compiled step (``lax.cond``), so tuning never recompiles.
+``every`` iterations as its own compiled function (:func:`distillation.distill.make_tune_step`),
+compiled once, so tuning never recompiles the step.
 """
 
 from __future__ import annotations

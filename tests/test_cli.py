@@ -230,8 +230,23 @@ def test_resume_equals_uninterrupted(tmp_path):
         tune_every=2,
     )
     full = distill(
-        x, y, 10, rcig(n_inner=3, n_hessian=3), 1, config, key=jax.random.key(3), progress=False
+        x,
+        y,
+        10,
+        rcig(n_inner=3, n_hessian=3),
+        1,
+        config,
+        key=jax.random.key(3),
+        progress=False,
+        snapshot_steps=(0, 3, 6),
     )
+    # Snapshots: the start, the middle and the end, in wall-clock order.
+    assert [s.step for s in full.snapshots] == [0, 3, 6]
+    assert all(a.seconds <= b.seconds for a, b in zip(full.snapshots, full.snapshots[1:]))
+    assert np.array_equal(full.snapshots[-1].support.images, np.asarray(full.support.images))
+    assert not np.array_equal(full.snapshots[0].support.images, full.snapshots[-1].support.images)
+    with pytest.raises(ValueError, match="snapshot_steps must be integers >= 0"):
+        distill(x, y, 10, rcig(), 1, config, key=jax.random.key(3), snapshot_steps=(-1,))
 
     def interrupt_at_3(step, row):
         if step == 3:
