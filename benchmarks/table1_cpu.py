@@ -14,8 +14,10 @@ interrupted run continues where it stopped when started again with the same argu
 Run:
     python benchmarks/table1_cpu.py [--datasets mnist:1,cifar10:1,mnist:10] [--seeds 0,1,2]
         [--width 16] [--steps 200] [--snapshots 0,25,50,100,200] [--eval-models 2]
+        [--methods vig,cig,rig,rcig,frepo]
     python benchmarks/table1_cpu.py --report-only     # rebuild table and figure from results
-Writes ``docs/benchmarks/table1_cpu.md`` and ``docs/figures/accuracy_vs_time.png``.
+Writes ``docs/benchmarks/table1_cpu.md``, ``docs/figures/accuracy_vs_time.png`` and a copy of the
+raw results in ``benchmarks/results/table1_cpu.jsonl``.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def run(args) -> None:
             checkpoint_every=10**9,
         )
         for seed in [int(s) for s in args.seeds.split(",")]:
-            for method in METHODS:
+            for method in args.methods.split(","):
                 if (name, ipc, seed, method) in done:
                     continue
                 print(f"== {name} {ipc} ipc, seed {seed}, {method}", flush=True)
@@ -137,7 +139,11 @@ def run(args) -> None:
 
 
 def _fmt(values) -> str:
-    return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else "—"
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (one seed)"
+    return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
 
 
 def report(args) -> None:
@@ -146,14 +152,17 @@ def report(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(x) for x in (Path(args.out) / "results.jsonl").read_text().splitlines()]
+    results = (Path(args.out) / "results.jsonl").read_text()
+    (ROOT / "benchmarks" / "results" / "table1_cpu.jsonl").write_text(results)  # kept in git
+    rows = [json.loads(x) for x in results.splitlines()]
     groups = sorted({(r["dataset"], r["ipc"]) for r in rows}, key=lambda g: (g[0] != "mnist", g))
     lines = [
         "# Table 1 on this CPU: random subset, VIG, CIG, RIG, RCIG, FRePo-like",
         "",
-        f"Command: `python benchmarks/table1_cpu.py --datasets {args.datasets} --seeds "
-        f"{args.seeds} --width {args.width} --steps {args.steps} --pool-size {args.pool_size} "
-        f"--snapshots {args.snapshots} --eval-models {args.eval_models}`",
+        "Made by `python benchmarks/table1_cpu.py` (the invocations are listed in "
+        "[../results.md](../results.md)); the `seeds` column says how many seeds each cell has. "
+        f"Settings: `--width {args.width} --steps {args.steps} --pool-size {args.pool_size} "
+        f"--snapshots {args.snapshots} --eval-models {args.eval_models}`.",
         "",
         f"Budget: ConvNet depth 3, width {args.width} (distillation and evaluation), "
         f"{args.steps} meta-iterations, model pool m = {args.pool_size}, K = 100, "
@@ -234,10 +243,16 @@ def main(argv=None):
     parser.add_argument("--pool-size", type=int, default=10)
     parser.add_argument("--snapshots", default="0,25,50,100,200")
     parser.add_argument("--eval-models", type=int, default=2)
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="subset of " + ",".join(METHODS)
+    )
     parser.add_argument("--out", default=str(ROOT / "runs" / "table1-cpu"))
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
+    bad = [m for m in args.methods.split(",") if m not in METHODS]
+    if bad:
+        parser.error(f"--methods: unknown {bad}; expected a subset of {','.join(METHODS)}")
     if not args.report_only:
         run(args)
     report(args)
