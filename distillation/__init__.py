@@ -5,7 +5,8 @@ Public names:
 * Algorithms (compositions): :func:`vig`, :func:`cig`, :func:`rig`, :func:`rcig`, :func:`frepo`,
   :class:`Algorithm`, :func:`meta_loss`, :class:`SupportSet`, :class:`LearningRates`.
 * Pieces: :func:`conv_net`, :class:`ConvNet`, :class:`StandardNetwork`,
-  :class:`LinearizedNetwork`, :func:`linearize`, :class:`JointHead`, :class:`ClosedFormHead`,
+  :class:`LinearizedNetwork`, :func:`linearize`, :class:`Partitioned`, :func:`map_batch`,
+  :func:`remat_map`, :class:`JointHead`, :class:`ClosedFormHead`,
   :func:`closed_form_head`, :func:`platt_cross_entropy`, :func:`mean_squared_error`,
   :class:`ModelPool`, :class:`LearningRateTuner`, :func:`dsa_augment`.
 * The loop: :class:`DistillConfig`, :func:`distill`, :func:`make_step`,
@@ -44,7 +45,14 @@ from distillation.distill import (
 from distillation.evaluate import EvalConfig, EvalResult, evaluate_support
 from distillation.export import DistilledSet, load_distilled, save_distilled
 from distillation.models import ConvNet, conv_net
-from distillation.networks import LinearizedNetwork, StandardNetwork, linearize
+from distillation.networks import (
+    LinearizedNetwork,
+    Partitioned,
+    StandardNetwork,
+    linearize,
+    map_batch,
+    remat_map,
+)
 from distillation.objectives import (
     ClosedFormHead,
     JointHead,
@@ -70,6 +78,7 @@ __all__ = [
     "LearningRates",
     "LinearizedNetwork",
     "ModelPool",
+    "Partitioned",
     "Preprocessor",
     "Snapshot",
     "StandardNetwork",
@@ -89,12 +98,14 @@ __all__ = [
     "make_pool",
     "make_step",
     "make_tune_step",
+    "map_batch",
     "mean_squared_error",
     "meta_loss",
     "meta_optimizer",
     "platt_cross_entropy",
     "random_subset",
     "rcig",
+    "remat_map",
     "rig",
     "save_distilled",
     "vig",

@@ -29,7 +29,12 @@ from jaxtyping import Array
 
 import bilevel
 from distillation.models import ConvNet
-from distillation.networks import AbstractNetwork, LinearizedNetwork, StandardNetwork
+from distillation.networks import (
+    AbstractNetwork,
+    LinearizedNetwork,
+    Partitioned,
+    StandardNetwork,
+)
 from distillation.objectives import (
     AbstractHead,
     ClosedFormHead,
@@ -160,11 +165,14 @@ def meta_loss(
         l2: ``λ``.
         lrs: inner and Hessian-inverse learning rates.
         constant: extra support images/labels that take part in the inner problem but get no
-            gradient (the rest of the set under bias-free subsampling), or ``None``.
+            gradient (the rest of the set under bias-free subsampling), or ``None``. They are
+            evaluated as the ``remat`` part of a :class:`~distillation.networks.Partitioned`
+            batch, so their activations are never all stored at once.
     """
     x_s, y_s = support.images, support.labels
     if constant is not None:
-        x_s = jnp.concatenate([x_s, jax.lax.stop_gradient(constant.images)])
+        # The constant part is rematerialised in chunks the size of the differentiated part.
+        x_s = Partitioned(x_s, jax.lax.stop_gradient(constant.images), chunk=x_s.shape[0])
         y_s = jnp.concatenate([y_s, jax.lax.stop_gradient(constant.labels)])
     net = algorithm.network(model0)
     delta, info = algorithm.solve_inner(net, x_s, y_s, l2, lrs)

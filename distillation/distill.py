@@ -27,6 +27,7 @@ from jaxtyping import Array
 
 from distillation.algorithms import Algorithm, LearningRates, SupportSet, meta_loss
 from distillation.models import conv_net
+from distillation.networks import Partitioned
 from distillation.pool import ModelPool, PoolState
 from distillation.tuning import LearningRateTuner
 
@@ -259,8 +260,10 @@ def make_step(
             y_t = jax.lax.with_sharding_constraint(y_t, batch_sharding)
 
         l2 = l2_strength(state.support, config)
-        sub_index, rest = _subsample(state.support, config.n_subset, k_subset)
-        const = None if rest is None else inner_support(rest, config)
+        sub_index, rest_index = _subsample(state.support, config.n_subset, k_subset)
+        const = (
+            None if rest_index is None else inner_support(_take(state.support, rest_index), config)
+        )
 
         def loss_fn(diff_part: SupportSet):
             return meta_loss(
@@ -285,9 +288,9 @@ def make_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.support)
         support = optax.apply_updates(state.support, updates)
 
-        seen = inner_support(support, config)
+        seen_images, seen_labels = _seen_by_pool(support, sub_index, rest_index, config)
         pool_state, pool_loss = pool.train_step(
-            state.pool, index, seen.images, seen.labels, key=k_renew
+            state.pool, index, seen_images, seen_labels, key=k_renew
         )
         lrs = state.lrs
         new_state = DistillState(
@@ -356,10 +359,15 @@ def make_tune_step(
         model0 = pool.model(state.pool, jax.random.randint(k_model, (), 0, pool.size))
         x_t, y_t = _sample_target(k_batch, x_train, y_train, config)
         support = inner_support(state.support, config)
+        images = support.images
+        k = config.n_subset
+        if k is not None and k < images.shape[0]:
+            # As in the step under subsampling: at most 2·n_subset images' activations live.
+            images = Partitioned(images[:k], images[k:], chunk=k)
         lrs = tuner.probe(
             algorithm,
             algorithm.network(model0),
-            support.images,
+            images,
             support.labels,
             l2_strength(state.support, config),
             x_t,
@@ -377,18 +385,30 @@ def _take(support: SupportSet, index: Array) -> SupportSet:
 
 
 def _subsample(support: SupportSet, n_subset: int | None, key: Array):
-    """Bias-free subsampling of the backward pass for large support sets.
+    """Bias-free subsampling for large support sets: ``(drawn, rest)`` indices, or ``None``s.
 
-    All images take part in the inner problem and the prediction; only a random ``n_subset`` of
-    them is differentiated this iteration (each image's gradient is exact when it is drawn), so
-    memory for the backward pass scales with ``n_subset`` rather than ``|S|``.
+    All images take part in the inner problem, the prediction and the pool's training step; only
+    the ``n_subset`` drawn this iteration are differentiated (each image's gradient is exact when
+    it is drawn), and the rest are evaluated as a :class:`~distillation.networks.Partitioned`
+    batch, ``n_subset`` images at a time with rematerialisation, so peak memory scales with
+    ``n_subset`` rather than ``|S|``.
     """
     n = support.images.shape[0]
     if n_subset is None or n_subset >= n:
         return None, None
     perm = jax.random.permutation(key, n)
-    sub, rest = perm[:n_subset], perm[n_subset:]
-    return sub, _take(support, rest)
+    return perm[:n_subset], perm[n_subset:]
+
+
+def _seen_by_pool(support: SupportSet, sub_index, rest_index, config: DistillConfig):
+    """The pool's training batch: the whole (inner) support set, partitioned like the step's."""
+    if sub_index is None:
+        seen = inner_support(support, config)
+        return seen.images, seen.labels
+    drawn = inner_support(_take(support, sub_index), config)
+    rest = inner_support(_take(support, rest_index), config)
+    images = Partitioned(drawn.images, rest.images, chunk=drawn.images.shape[0])
+    return images, jnp.concatenate([drawn.labels, rest.labels])
 
 
 # --------------------------------------------------------------------------- host loop

@@ -24,6 +24,57 @@ from jaxtyping import Array, Float
 from distillation.models import ConvBody, ConvNet
 
 
+class Partitioned(eqx.Module):
+    """A batch of images in two parts: ``stored`` is evaluated as one batch (its activations are
+    kept for the backward pass), ``remat`` is evaluated ``chunk`` images at a time and
+    rematerialised on the way back, so its activations never all live at once.
+
+    Every network method and the pool's training step accept one wherever they take a batch;
+    outputs are concatenated in the order ``stored, remat``. Bias-free subsampling
+    (``DistillConfig.n_subset``) passes the drawn images as ``stored`` and the rest as ``remat``,
+    which is what makes its peak memory scale with ``n_subset`` rather than ``|S|``.
+    """
+
+    stored: Float[Array, "n h w c"]
+    remat: Float[Array, "r h w c"]
+    chunk: int = eqx.field(static=True)
+
+    def __check_init__(self):
+        if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 1:
+            raise ValueError(
+                f"Partitioned: `chunk` must be a positive integer, got {self.chunk!r}."
+            )
+
+    def __len__(self) -> int:
+        return self.stored.shape[0] + self.remat.shape[0]
+
+
+def map_batch(fn, x):
+    """``fn(x)`` for a per-example ``fn`` (outputs a pytree of arrays with a leading batch axis);
+    for a :class:`Partitioned` batch, the ``remat`` part goes through :func:`remat_map`."""
+    if not isinstance(x, Partitioned):
+        return fn(x)
+    head = fn(x.stored)
+    if x.remat.shape[0] == 0:
+        return head
+    rest = remat_map(fn, x.remat, x.chunk)
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), head, rest)
+
+
+def remat_map(fn, x, chunk: int):
+    """``fn(x)`` evaluated ``chunk`` examples at a time in ``lax.map``, each chunk under
+    ``jax.checkpoint``: any derivative of it (reverse, forward, or of higher order) keeps at most
+    one chunk's intermediate values alive, at the price of recomputing them. The last chunk is
+    padded with zeros, whose outputs are dropped."""
+    n = x.shape[0]
+    count = -(-n // chunk)
+    padded = jnp.pad(x, [(0, count * chunk - n)] + [(0, 0)] * (x.ndim - 1))
+    # A rolled loop: unrolled, XLA's scheduler keeps several chunks' buffers alive and memory
+    # grows with the number of chunks again (measured: docs/performance.md).
+    out = jax.lax.map(jax.checkpoint(lambda xb: fn(xb)), padded.reshape(count, chunk, *x.shape[1:]))
+    return jax.tree_util.tree_map(lambda o: o.reshape(count * chunk, *o.shape[2:])[:n], out)
+
+
 def tree_add(a, b):
     return jax.tree_util.tree_map(jnp.add, a, b)
 
@@ -54,10 +105,10 @@ class StandardNetwork(AbstractNetwork):
     model0: ConvNet
 
     def output(self, delta, x):
-        return tree_add(self.model0, delta)(x)
+        return map_batch(tree_add(self.model0, delta), x)
 
     def offset_and_features(self, delta_body, x):
-        features = tree_add(self.model0.body, delta_body)(x)
+        features = map_batch(tree_add(self.model0.body, delta_body), x)
         return self.model0.head(features), features
 
 
@@ -67,12 +118,15 @@ class LinearizedNetwork(AbstractNetwork):
     model0: ConvNet
 
     def output(self, delta, x):
-        return linearize(lambda m: m(x), self.model0)(delta)
+        return map_batch(lambda xb: linearize(lambda m: m(xb), self.model0)(delta), x)
 
     def offset_and_features(self, delta_body, x):
-        # One jvp gives both the features at θ₀ (primal) and their derivative along Δ_B.
-        features, d_features = jax.jvp(lambda b: b(x), (self.model0.body,), (delta_body,))
-        return d_features @ self.model0.head.weight, features
+        def fn(xb):
+            # One jvp gives both the features at θ₀ (primal) and their derivative along Δ_B.
+            features, d_features = jax.jvp(lambda b: b(xb), (self.model0.body,), (delta_body,))
+            return d_features @ self.model0.head.weight, features
+
+        return map_batch(fn, x)
 
 
 def linearize(fn, primal):

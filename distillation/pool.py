@@ -18,6 +18,7 @@ import optax
 from jaxtyping import Array, PRNGKeyArray
 
 from distillation.models import ConvNet
+from distillation.networks import map_batch
 
 ModelFactory = Callable[[PRNGKeyArray], ConvNet]
 
@@ -69,6 +70,9 @@ class ModelPool(eqx.Module):
     ) -> tuple[PoolState, Array]:
         """One MSE step of model ``index`` on ``(images, labels)``; renew it once it is ``K`` old.
 
+        ``images`` may be a :class:`~distillation.networks.Partitioned` batch (``labels`` in the
+        same order: stored part first).
+
         Returns:
             The new state and the training loss before the step.
         """
@@ -76,7 +80,7 @@ class ModelPool(eqx.Module):
         opt_state = jax.tree_util.tree_map(lambda a: a[index], state.opt_states)
 
         def loss_fn(m):
-            return 0.5 * jnp.mean(jnp.sum((m(images) - labels) ** 2, axis=-1))
+            return 0.5 * jnp.mean(jnp.sum((map_batch(m, images) - labels) ** 2, axis=-1))
 
         loss, grads = jax.value_and_grad(loss_fn)(model)
         updates, opt_state = self.optimizer.update(grads, opt_state, model)
