@@ -11,8 +11,8 @@ Three measurements:
    aliases), which is what the step holds at its high-water mark.
 3. **Memory scaling** (compiled only, not run): the step's temporary memory for
    ``n_inner = n_H = n`` with ``n`` in ``--ns``, for loops kept rolled (``unroll=False``) and for
-   the default (unrolled up to 32 steps); and for a ``--big-ipc`` support set (1000 images on
-   MNIST at 100 ipc) with and without bias-free subsampling (``n_subset``).
+   the default (unrolled up to 32 steps). (Bias-free subsampling on a large support set is
+   measured by ``subsampling_memory.py``.)
 
 Run:
     python benchmarks/flops_memory.py [--widths 32,128] [--repeats 10]
@@ -116,23 +116,6 @@ def memory_in_n(dataset, width, ns) -> list[dict]:
     return rows
 
 
-def memory_subsampling(dataset, width, ipc, subsets) -> list[dict]:
-    rows = []
-    for n_subset in subsets:
-        step, state, x, y = _setup(dataset, width, ipc, rcig(), n_subset=n_subset)
-        compiled = step.lower(state, x, y).compile()
-        rows.append(
-            {
-                "support": ipc * dataset.num_classes,
-                "n_subset": n_subset,
-                **_memory(compiled),
-                "gflop": _flops(compiled) / 1e9,
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="mnist,cifar10")
@@ -141,12 +124,9 @@ def main(argv=None):
     parser.add_argument("--matmul", type=int, default=4096)
     parser.add_argument("--ns", default="5,20,40")
     parser.add_argument("--memory-width", type=int, default=128)
-    parser.add_argument("--big-ipc", type=int, default=100)
-    parser.add_argument("--subsets", default="0,100")
     args = parser.parse_args(argv)
     widths = [int(w) for w in args.widths.split(",")]
     ns = [int(n) for n in args.ns.split(",")]
-    subsets = [int(s) or None for s in args.subsets.split(",")]
 
     peak = matmul_gflops(args.matmul)
     print(f"matmul {args.matmul}: {peak:.1f} GFLOP/s", flush=True)
@@ -160,7 +140,6 @@ def main(argv=None):
             print(json.dumps(row), flush=True)
     mnist = load_dataset(str(DATA["mnist"]))
     in_n = memory_in_n(mnist, args.memory_width, ns)
-    sub = memory_subsampling(mnist, args.memory_width, args.big_ipc, subsets)
 
     result = {
         "meta": {"jax": jax.__version__, "device": str(jax.devices()[0])},
@@ -168,7 +147,6 @@ def main(argv=None):
         "matmul_gflops": peak,
         "steps": steps,
         "memory_in_n": in_n,
-        "memory_subsampling": sub,
     }
     out_json = ROOT / "benchmarks" / "results" / "flops_memory.json"
     out_json.write_text(json.dumps(result, indent=2))
@@ -214,16 +192,8 @@ def main(argv=None):
         )
     lines += [
         "",
-        f"## Bias-free subsampling, MNIST {args.big_ipc} ipc (width {args.memory_width})",
-        "",
-        "| support | n_subset | temp MiB | peak MiB | GFLOP / step |",
-        "|---:|---|---:|---:|---:|",
+        "Bias-free subsampling on a large support set: `benchmarks/subsampling_memory.py`.",
     ]
-    for r in sub:
-        lines.append(
-            f"| {r['support']} | {r['n_subset'] or 'all (none)'} | {r['temp_mib']:.0f} | "
-            f"{r['peak_mib']:.0f} | {r['gflop']:.1f} |"
-        )
     out_md = ROOT / "docs" / "benchmarks" / "flops_memory.md"
     out_md.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
