@@ -15,6 +15,8 @@ For the closed-form head, :meth:`offset_and_features` splits the output into wha
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -49,7 +51,7 @@ class Partitioned(eqx.Module):
         return self.stored.shape[0] + self.remat.shape[0]
 
 
-def map_batch(fn, x):
+def map_batch(fn: Callable[[Array], Any], x: Array | Partitioned) -> Any:
     """``fn(x)`` for a per-example ``fn`` (outputs a pytree of arrays with a leading batch axis);
     for a :class:`Partitioned` batch, the ``remat`` part goes through :func:`remat_map`."""
     if not isinstance(x, Partitioned):
@@ -61,7 +63,7 @@ def map_batch(fn, x):
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), head, rest)
 
 
-def remat_map(fn, x, chunk: int):
+def remat_map(fn: Callable[[Array], Any], x: Array, chunk: int) -> Any:
     """``fn(x)`` evaluated ``chunk`` examples at a time in ``lax.map``, each chunk under
     ``jax.checkpoint``: any derivative of it (reverse, forward, or of higher order) keeps at most
     one chunk's intermediate values alive, at the price of recomputing them. The last chunk is
