@@ -95,6 +95,43 @@ def test_standard_network_offset_and_features(x64):
     assert rel_err(g + phi @ delta.head.weight + delta.head.bias, full) < 1e-12
 
 
+def test_wide_padding_layer_equals_plain_convolution(x64):
+    """The 28-px layer's padding of 3 goes through an explicit zero pad (for XLA:CPU's fast
+    kernels); values, gradients in weights and images, and forward-over-reverse derivatives must
+    equal a plain convolution with padding 3, also under ``vmap`` (the model pool)."""
+    model = conv_net((28, 28, 1), 10, key=jax.random.key(0), width=4, dtype=jnp.float64)
+    body = model.body
+    assert body.paddings[0] == 3
+    x = jax.random.normal(jax.random.key(1), (3, 28, 28, 1), jnp.float64)
+
+    def plain(weights, x):
+        h = jax.lax.conv_general_dilated(
+            x, weights[0], (1, 1), [(3, 3), (3, 3)], dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return h + body.biases[0]
+
+    def ours(weights, x):  # the first block of the body, as the library computes it
+        return type(body)((weights[0],), (body.biases[0],), (3,), body.norm, "softplus")(x)
+
+    def ref(weights, x):  # the same block written with the convolution's own padding
+        h = jax.nn.softplus(60.0 * plain(weights, x)) / 60.0
+        n, hh, ww, c = h.shape
+        return h.reshape(n, hh // 2, 2, ww // 2, 2, c).mean((2, 4)).reshape(n, -1)
+
+    w = body.weights
+    assert rel_err(ours(w, x), ref(w, x)) < 1e-12
+    loss = lambda f: lambda w, x: jnp.sum(jnp.sin(f(w, x)))  # noqa: E731
+    g_ours = jax.grad(loss(ours), argnums=(0, 1))(w, x)
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(w, x)
+    assert rel_err(g_ours[0][0], g_ref[0][0]) < 1e-12
+    assert rel_err(g_ours[1], g_ref[1]) < 1e-12
+    v = jax.tree_util.tree_map(jnp.ones_like, w)
+    hv = lambda f: jax.jvp(lambda w: jax.grad(loss(f))(w, x), (w,), (v,))[1]  # noqa: E731
+    assert rel_err(hv(ours)[0], hv(ref)[0]) < 1e-12
+    xs = jnp.stack([x, 2 * x])
+    assert rel_err(jax.vmap(ours, (None, 0))(w, xs), jax.vmap(ref, (None, 0))(w, xs)) < 1e-12
+
+
 def _exact_rcig_inner(model, x_s, y_s, l2):
     """Δ_B* of RCIG's convex quadratic inner problem, by one dense Newton step from 0."""
     net = LinearizedNetwork(model)
