@@ -125,9 +125,7 @@ def profile(dataset, width: int, repeats: int) -> dict:
         "wall_s_per_step_traced": wall,
         "op_s_per_step": op_total,
         "by_kind": {k: by_kind.get(k, 0.0) for k in KINDS},
-        "top_ops": [
-            {"kind": k, "op": d, "s_per_step": s} for (k, d), s in by_op.most_common(12)
-        ],
+        "top_ops": [{"kind": k, "op": d, "s_per_step": s} for (k, d), s in by_op.most_common(12)],
     }
 
 
@@ -159,9 +157,7 @@ def main(argv=None):
         "wall-clock time, which is measured under the profiler and is a little slower than "
         "without it).",
         "",
-        "| dataset | width | wall s / step (traced) | op s / step | "
-        + " | ".join(KINDS)
-        + " |",
+        "| dataset | width | wall s / step (traced) | op s / step | " + " | ".join(KINDS) + " |",
         "|---|---:|---:|---:|" + "---:|" * len(KINDS),
     ]
     for r in rows:
