@@ -87,6 +87,19 @@ def classify(hlo: str) -> dict[str, tuple[str, str]]:
     return kinds
 
 
+def conv_placement(hlo: str) -> tuple[int, int]:
+    """``(in a library fusion, on XLA's own kernel)``: counts of the convolutions of ``hlo``."""
+    library = set(re.findall(r"calls=(%[\w.\-]+)[^\n]*__(?:ynn|xnn|onednn)_fusion", hlo))
+    current, counts = None, [0, 0]
+    for line in hlo.splitlines():
+        header = re.match(r"^(?:ENTRY )?(%[\w.\-]+) ", line)
+        if header:
+            current = header.group(1)
+        elif " convolution(" in line:
+            counts[current not in library] += 1
+    return counts[0], counts[1]
+
+
 def op_times(trace_dir: str) -> collections.Counter:
     files = list(Path(trace_dir).rglob("*.trace.json.gz"))
     if not files:

@@ -60,7 +60,8 @@ class ConvBody(eqx.Module):
             if pad > 1:
                 # Zero-pad explicitly down to padding 1: XLA:CPU hands 3×3 convolutions with
                 # padding ≤ 1 to its fast library kernels (YNNPACK) and runs larger paddings
-                # (the 28-px MNIST layer's 3) natively, measured ~2× slower per step at width 32.
+                # (the 28-px MNIST layer's 3) on its own; 1.5× per step for VIG at width 16
+                # (benchmarks/conv_kernels.py). The barrier stops XLA folding the pad back in.
                 x = jax.lax.optimization_barrier(
                     jnp.pad(x, [(0, 0), (pad - 1, pad - 1), (pad - 1, pad - 1), (0, 0)])
                 )
