@@ -39,6 +39,7 @@ from distillation.objectives import (
     AbstractHead,
     ClosedFormHead,
     JointHead,
+    Precision,
     mean_squared_error,
     platt_cross_entropy,
 )
@@ -150,7 +151,7 @@ def meta_loss(
     model0: ConvNet,
     x_target: Array,
     y_target: Array,
-    l2: Array,
+    l2: float | Array,
     lrs: LearningRates,
     constant: SupportSet | None = None,
 ) -> tuple[Array, MetaInfo]:
@@ -161,7 +162,8 @@ def meta_loss(
         support: the support set being learned (the differentiated part).
         algorithm: the composition.
         model0: the pool model ``θ₀`` (linearisation point / start of the inner problem).
-        x_target, y_target: a batch of real images and one-hot labels.
+        x_target: a batch of real images.
+        y_target: their one-hot labels.
         l2: ``λ``.
         lrs: inner and Hessian-inverse learning rates.
         constant: extra support images/labels that take part in the inner problem but get no
@@ -169,6 +171,7 @@ def meta_loss(
             evaluated as the ``remat`` part of a :class:`~distillation.networks.Partitioned`
             batch, so their activations are never all stored at once.
     """
+    x_s: Array | Partitioned
     x_s, y_s = support.images, support.labels
     if constant is not None:
         # The constant part is rematerialised in chunks the size of the differentiated part.
@@ -236,7 +239,7 @@ def rig(
     n_hessian: int = 20,
     linear_solver=None,
     inner_optimizer=optax.adam,
-    precision: str = "float32",
+    precision: Precision = "float32",
 ) -> Algorithm:
     """Implicit gradients with the closed-form final layer on a standard-dynamics network.
 
@@ -260,7 +263,7 @@ def rcig(
     n_hessian: int = 20,
     linear_solver=None,
     inner_optimizer=optax.adam,
-    precision: str = "float32",
+    precision: Precision = "float32",
 ) -> Algorithm:
     """RCIG: centred linearisation + closed-form final layer + ``AdamQuadratic`` for ``H⁻¹g``.
 
@@ -278,7 +281,7 @@ def rcig(
     )
 
 
-def frepo(precision: str = "float32") -> Algorithm:
+def frepo(precision: Precision = "float32") -> Algorithm:
     """FRePo-like baseline: RCIG with ``n_inner = n_H = 0`` and an MSE outer loss.
 
     With no inner steps ``Δ_B = 0``, so the prediction is kernel ridge regression on the pool

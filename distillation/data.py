@@ -24,6 +24,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 KNOWN_HUB_IDS = {
     "mnist": "ylecun/mnist",
@@ -69,7 +70,7 @@ class Preprocessor:
             x = x.reshape(shape)
         return x.astype(np.float32)
 
-    def inverse(self, x: np.ndarray) -> np.ndarray:
+    def inverse(self, x: ArrayLike) -> np.ndarray:
         """Model input → images in ``[0, 1]`` units (not clipped)."""
         x = np.asarray(x, np.float64)
         if self.zca_whitening is not None:

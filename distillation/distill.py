@@ -25,8 +25,9 @@ import numpy as np
 import optax
 from jaxtyping import Array
 
+from bilevel.optax_util import optax_step
 from distillation.algorithms import Algorithm, LearningRates, SupportSet, meta_loss
-from distillation.models import conv_net
+from distillation.models import Norm, conv_net
 from distillation.networks import Partitioned
 from distillation.pool import ModelPool, PoolState
 from distillation.tuning import LearningRateTuner
@@ -56,7 +57,7 @@ class DistillConfig:
     n_subset: int | None = None
     width: int = 128
     depth: int | None = None
-    norm: str = "none"
+    norm: Norm = "none"
     checkpoint_every: int = 100
     log_every: int = 10
 
@@ -157,7 +158,16 @@ def _pick_per_class(labels: np.ndarray, num_classes: int, ipc: int, key: Array) 
 def meta_optimizer(config: DistillConfig) -> optax.GradientTransformation:
     """AdaBelief on the support set: ``lr_support`` for images and labels, ``lr_temperature``
     for ``log τ``."""
-    labels = SupportSet(images="support", labels="support", log_temperature="temperature")
+
+    def labels(support: SupportSet) -> SupportSet:
+        # The same structure with str leaves; tree_at does not go through SupportSet.__init__,
+        # whose fields are (runtime-checked) arrays.
+        return eqx.tree_at(
+            lambda s: (s.images, s.labels, s.log_temperature),
+            support,
+            ("support", "support", "temperature"),
+        )
+
     return optax.multi_transform(
         {
             "support": optax.adabelief(config.lr_support),
@@ -232,7 +242,9 @@ def make_step(
     The learning rates in ``state.lrs`` are used as they are; :func:`make_tune_step` adjusts them.
 
     Args:
-        algorithm, pool, config: the composition, the model pool, the settings.
+        algorithm: the composition.
+        pool: the model pool.
+        config: the settings.
         mesh: a 1-D ``jax.sharding.Mesh`` with axis ``"data"`` for data parallelism: the target
             batch is split over its devices (the outer loss is a mean, so each device computes
             its share of the meta-gradient and XLA sums them). Place the pool with
@@ -285,8 +297,7 @@ def make_step(
                 jnp.zeros_like(state.support.labels).at[sub_index].set(grads.labels),
                 grads.log_temperature,
             )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.support)
-        support = optax.apply_updates(state.support, updates)
+        support, opt_state = optax_step(optimizer, grads, state.opt_state, state.support)
 
         seen_images, seen_labels = _seen_by_pool(support, sub_index, rest_index, config)
         pool_state, pool_loss = pool.train_step(
@@ -359,6 +370,7 @@ def make_tune_step(
         model0 = pool.model(state.pool, jax.random.randint(k_model, (), 0, pool.size))
         x_t, y_t = _sample_target(k_batch, x_train, y_train, config)
         support = inner_support(state.support, config)
+        images: Array | Partitioned
         images = support.images
         k = config.n_subset
         if k is not None and k < images.shape[0]:

@@ -19,8 +19,9 @@ import numpy as np
 import optax
 from jaxtyping import Array
 
+from bilevel.optax_util import optax_step
 from distillation.augment import dsa_augment
-from distillation.models import ConvNet, conv_net
+from distillation.models import ConvNet, Norm, conv_net
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,7 @@ class EvalConfig:
     augment: bool = False
     width: int = 128
     depth: int | None = None
-    norm: str = "none"
+    norm: Norm = "none"
     steps: int | None = None
     learning_rate: float = 1e-4
     warmup: int = 500
@@ -99,8 +100,9 @@ def train_model(
     n, k = images.shape[0], labels.shape[1]
     steps = config.train_steps(n if n_support is None else n_support)
     k_init, k_train = jax.random.split(key)
+    h, w, c = images.shape[1:]
     model = conv_net(
-        images.shape[1:],
+        (h, w, c),
         k,
         key=k_init,
         width=config.width,
@@ -146,8 +148,7 @@ def _run_steps(carry, keys, images, labels, config: EvalConfig, steps: int):
         if config.augment:
             x = dsa_augment(x, key=k_aug, grayscale=grayscale)
         grads = jax.grad(loss_fn)(m, x, y)
-        updates, state = optimizer.update(grads, state, m)
-        return (optax.apply_updates(m, updates), state), None
+        return optax_step(optimizer, grads, state, m), None
 
     return jax.lax.scan(one_step, carry, keys, unroll=True)[0]
 
@@ -167,8 +168,8 @@ def accuracy(model: ConvNet, x_test: np.ndarray, y_test: np.ndarray, batch: int 
 
 
 def evaluate_support(
-    images: np.ndarray,
-    labels: np.ndarray,
+    images: np.ndarray | Array,
+    labels: np.ndarray | Array,
     x_test: np.ndarray,
     y_test: np.ndarray,
     config: EvalConfig,
@@ -182,7 +183,8 @@ def evaluate_support(
     Args:
         images: ``(N, H, W, C)`` in model-input space.
         labels: ``(N, K)`` (learned) labels; integer labels ``(N,)`` are one-hot encoded.
-        x_test, y_test: the full test set (model-input space, integer labels).
+        x_test: the full test set's images (model-input space).
+        y_test: its integer labels.
         config: protocol settings.
         key: PRNG key; model ``i`` uses ``fold_in(key, i)``.
         flip: also train on the horizontal mirrors.

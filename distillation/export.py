@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from distillation.data import Preprocessor
 
@@ -42,8 +43,8 @@ class DistilledSet:
 
 def save_distilled(
     path: str | Path,
-    images: np.ndarray,
-    labels: np.ndarray,
+    images: ArrayLike,
+    labels: ArrayLike,
     preprocessor: Preprocessor,
     *,
     flip: bool,
@@ -53,7 +54,9 @@ def save_distilled(
     """Write the ``.npz`` of the export format (see the module docstring)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {
+    # Any: a dict[str, ndarray] splatted into np.savez could, as far as mypy knows, hold
+    # `allow_pickle` (a bool).
+    arrays: dict[str, Any] = {
         "images": np.asarray(images, np.float32),
         "labels": np.asarray(labels, np.float32),
         "mean": np.asarray(preprocessor.mean, np.float32),
@@ -127,7 +130,7 @@ def image_grid(images01: np.ndarray, labels: np.ndarray, *, scale: int | None = 
 
 
 def save_image_grid(
-    path: str | Path, images: np.ndarray, labels: np.ndarray, preprocessor: Preprocessor
+    path: str | Path, images: ArrayLike, labels: ArrayLike, preprocessor: Preprocessor
 ) -> Path:
     """PNG grid of the images, un-whitened and un-standardised for viewing."""
     from PIL import Image
@@ -136,7 +139,7 @@ def save_image_grid(
     # Distilled images can leave the data range; stretch per image to stay visible.
     lo = np.minimum(viewable.min(axis=(1, 2, 3), keepdims=True), 0.0)
     hi = np.maximum(viewable.max(axis=(1, 2, 3), keepdims=True), 1.0)
-    Image.fromarray(image_grid((viewable - lo) / (hi - lo), labels)).save(path)
+    Image.fromarray(image_grid((viewable - lo) / (hi - lo), np.asarray(labels))).save(path)
     return Path(path)
 
 

@@ -69,7 +69,7 @@ class ConvBody(eqx.Module):
             x = jax.lax.conv_general_dilated(
                 x, w, (1, 1), [(pad, pad), (pad, pad)], dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
-            x = _normalise(self.norm, x + b)
+            x = _normalise(self.norm, x + b.reshape(1, 1, 1, -1))
             x = _activation(self.activation, x)
             n, h, wd, c = x.shape
             x = x[:, : h - h % 2, : wd - wd % 2].reshape(n, h // 2, 2, wd // 2, 2, c).mean((2, 4))
@@ -83,7 +83,7 @@ class Head(eqx.Module):
     bias: Float[Array, " k"]
 
     def __call__(self, features: Float[Array, "n d"]) -> Float[Array, "n k"]:
-        return features @ self.weight + self.bias
+        return features @ self.weight + self.bias[None, :]
 
 
 class ConvNet(eqx.Module):

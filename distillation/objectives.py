@@ -24,9 +24,11 @@ from jaxtyping import Array, Float
 from distillation.models import Head
 from distillation.networks import AbstractNetwork, zeros_like_tree
 
+Precision = Literal["float32", "float64"]
+
 
 def _sq_norm(tree) -> Array:
-    return sum(jnp.sum(jnp.square(v)) for v in jax.tree_util.tree_leaves(tree))
+    return jnp.asarray(sum(jnp.sum(jnp.square(v)) for v in jax.tree_util.tree_leaves(tree)))
 
 
 class AbstractHead(eqx.Module):
@@ -67,14 +69,15 @@ class ClosedFormHead(AbstractHead):
             ``jax.config.update("jax_enable_x64", True)``); ``"float32"`` otherwise.
     """
 
-    precision: Literal["float32", "float64"] = eqx.field(default="float32", static=True)
+    precision: Precision = eqx.field(default="float32", static=True)
 
     def __check_init__(self):
         if self.precision not in ("float32", "float64"):
             raise ValueError(
                 f"ClosedFormHead: precision must be 'float32' or 'float64', got {self.precision!r}."
             )
-        if self.precision == "float64" and not jax.config.jax_enable_x64:
+        # jax registers its config options as dynamic attributes that its typing does not declare.
+        if self.precision == "float64" and not jax.config.jax_enable_x64:  # type: ignore[attr-defined]
             raise ValueError(
                 "ClosedFormHead(precision='float64') needs 64-bit JAX: call "
                 "jax.config.update('jax_enable_x64', True) first."

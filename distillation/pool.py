@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, PRNGKeyArray
 
+from bilevel.optax_util import optax_step
 from distillation.models import ConvNet
-from distillation.networks import map_batch
+from distillation.networks import Partitioned, map_batch
 
 ModelFactory = Callable[[PRNGKeyArray], ConvNet]
 
@@ -66,7 +67,13 @@ class ModelPool(eqx.Module):
         return jax.tree_util.tree_map(lambda a: a[index], state.models)
 
     def train_step(
-        self, state: PoolState, index: Array, images: Array, labels: Array, *, key: PRNGKeyArray
+        self,
+        state: PoolState,
+        index: Array,
+        images: Array | Partitioned,
+        labels: Array,
+        *,
+        key: PRNGKeyArray,
     ) -> tuple[PoolState, Array]:
         """One MSE step of model ``index`` on ``(images, labels)``; renew it once it is ``K`` old.
 
@@ -83,8 +90,7 @@ class ModelPool(eqx.Module):
             return 0.5 * jnp.mean(jnp.sum((map_batch(m, images) - labels) ** 2, axis=-1))
 
         loss, grads = jax.value_and_grad(loss_fn)(model)
-        updates, opt_state = self.optimizer.update(grads, opt_state, model)
-        model = optax.apply_updates(model, updates)
+        model, opt_state = optax_step(self.optimizer, grads, opt_state, model)
         age = state.ages[index] + 1
         renew = age >= self.reset_every
         fresh_model, fresh_opt = self._fresh(key)

@@ -1,9 +1,26 @@
-"""Shared fixtures. Gradient checks run in float64 inside ``jax.enable_x64``."""
+"""Shared fixtures and the suite-wide numerical strictness, in the manner of equinox/lineax.
+
+* ``jax_numpy_rank_promotion="raise"``: an implicit broadcast between arrays of different rank
+  (``(n,) + (n, 1)``) is an error, not a silently wrong ``(n, n)`` result.
+* ``jax_numpy_dtype_promotion="strict"``: mixing ``float32`` and ``float64`` (or ints and floats)
+  arrays is an error; only Python scalars (weakly typed) promote.
+* Runtime checking of the jaxtyping annotations of ``bilevel`` and ``distillation`` comes from the
+  ``--jaxtyping-packages`` option in ``pyproject.toml`` (jaxtyping's pytest plugin installs its
+  import hook before the packages are first imported; this file therefore imports neither at
+  module level).
+
+Gradient checks run in float64 inside the ``x64`` fixture.
+"""
+
+from __future__ import annotations
+
+import itertools
 
 import jax
 import pytest
 
-import bilevel
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 @pytest.fixture
@@ -12,11 +29,34 @@ def x64():
         yield
 
 
+@pytest.fixture
+def getkey():
+    """``getkey()`` returns a new PRNG key on every call; the sequence is the same in every run."""
+    counter = itertools.count()
+    base = jax.random.key(0)
+    return lambda: jax.random.fold_in(base, next(counter))
+
+
 def all_linear_solvers():
     """Every linear solver, with the settings the gradient tests use (one list for all tests)."""
+    import bilevel
+
     return [
         pytest.param(bilevel.Dense(), id="Dense"),
         pytest.param(bilevel.CG(rtol=1e-12), id="CG"),
         pytest.param(bilevel.Neumann(), id="Neumann"),
         pytest.param(bilevel.AdamQuadratic(), id="AdamQuadratic"),
     ]
+
+
+@pytest.fixture
+def unchecked_types():
+    """Turns the runtime jaxtyping checks off, for tests of the errors a user sees: users run
+    without the import hook, so the library's own validation must produce those errors."""
+    import jaxtyping
+
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)

@@ -29,7 +29,7 @@ from distillation.distill import (
 )
 from distillation.models import conv_net
 from distillation.networks import LinearizedNetwork, StandardNetwork
-from distillation.objectives import ClosedFormHead, closed_form_head
+from distillation.objectives import closed_form_head
 from distillation.tuning import LearningRateTuner
 
 
@@ -51,7 +51,7 @@ def test_closed_form_head_equals_gradient_descent_minimiser(x64):
     head = closed_form_head(phi, r, l2)
 
     def objective(w):
-        pred = phi @ w["weight"] + w["bias"]
+        pred = phi @ w["weight"] + w["bias"][None, :]
         return 0.5 * jnp.sum((pred - r) ** 2) + 0.5 * l2 * (
             jnp.sum(w["weight"] ** 2) + jnp.sum(w["bias"] ** 2)
         )
@@ -83,7 +83,10 @@ def test_linearized_network_value_and_jvp(x64):
     assert rel_err(lin.output(delta, x_s), (plus - minus) / (2 * eps)) < 1e-7
     # Offset/features split: g + [φ, 1]Δ_F reproduces the full linearised output.
     g, phi = lin.offset_and_features(delta.body, x_s)
-    assert rel_err(g + phi @ delta.head.weight + delta.head.bias, lin.output(delta, x_s)) < 1e-12
+    assert (
+        rel_err(g + phi @ delta.head.weight + delta.head.bias[None, :], lin.output(delta, x_s))
+        < 1e-12
+    )
 
 
 def test_standard_network_offset_and_features(x64):
@@ -92,7 +95,7 @@ def test_standard_network_offset_and_features(x64):
     delta = jax.tree_util.tree_map(lambda a: 0.1 * jnp.ones_like(a), model)
     g, phi = std.offset_and_features(delta.body, x_s)
     full = std.output(delta, x_s)
-    assert rel_err(g + phi @ delta.head.weight + delta.head.bias, full) < 1e-12
+    assert rel_err(g + phi @ delta.head.weight + delta.head.bias[None, :], full) < 1e-12
 
 
 def test_wide_padding_layer_equals_plain_convolution(x64):
@@ -108,7 +111,7 @@ def test_wide_padding_layer_equals_plain_convolution(x64):
         h = jax.lax.conv_general_dilated(
             x, weights[0], (1, 1), [(3, 3), (3, 3)], dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
-        return h + body.biases[0]
+        return h + body.biases[0].reshape(1, 1, 1, -1)
 
     def ours(weights, x):  # the first block of the body, as the library computes it
         return type(body)((weights[0],), (body.biases[0],), (3,), body.norm, "softplus")(x)
@@ -132,39 +135,70 @@ def test_wide_padding_layer_equals_plain_convolution(x64):
     assert rel_err(jax.vmap(ours, (None, 0))(w, xs), jax.vmap(ref, (None, 0))(w, xs)) < 1e-12
 
 
-def _exact_rcig_inner(model, x_s, y_s, l2):
-    """Δ_B* of RCIG's convex quadratic inner problem, by one dense Newton step from 0."""
-    net = LinearizedNetwork(model)
-    head = ClosedFormHead()
-    zero = head.init(net)
-    grad = jax.grad(head.inner_loss)(zero, net, x_s, y_s, l2)
-    step = bilevel.Dense()(lambda v: bilevel.hvp(head.inner_loss, zero, v, net, x_s, y_s, l2), grad)
-    return jax.tree_util.tree_map(lambda z, s: z - s, zero, step)
+def _converged(make):
+    """The algorithm with its inner problem run to convergence (plain gradient descent) and an
+    exact (dense) linear solve, so that its meta-loss is the true bilevel objective."""
+    return make(n_inner=3000, linear_solver=bilevel.Dense(), inner_optimizer=optax.sgd)
 
 
-def _true_outer(images, labels, log_t, model, x_t, y_t, l2, algorithm):
-    """The bilevel objective with the inner problem solved exactly (for finite differences)."""
-    net = LinearizedNetwork(model)
-    delta = _exact_rcig_inner(model, images, labels, l2)
-    out = algorithm.head.predict(delta, net, images, labels, l2, x_t)
-    return algorithm.outer_loss(out, y_t, log_t)
+# The four implicit-gradient algorithms against finite differences of the true bilevel
+# objective, in float64 on a tiny problem. The objective is the outer loss at the inner solution,
+# which `meta_loss` computes when its inner solve has converged (asserted through the gradient
+# norm). Error budget, all relative: central differences with h = 1e-5 have truncation error
+# O(h²) ≈ 1e-10 and rounding error eps64/h ≈ 2e-11; an inner gradient norm below 1e-9 moves the
+# implicit formula by about that much. 1e-6 leaves three orders of magnitude on every term.
+@pytest.mark.parametrize("make", [vig, cig, rig, rcig], ids=lambda f: f.__name__)
+def test_meta_gradient_matches_finite_differences_of_the_bilevel_objective(make, x64):
+    model, x_s, y_s, x_t, y_t = _tiny()
+    l2 = jnp.asarray(2.0)  # strong enough that every inner problem is well conditioned
+    support = SupportSet(x_s, y_s, jnp.asarray(np.log(0.3)))
+    algorithm = _converged(make)
+    # Gradient descent with step 0.5/L (L: the inner Hessian's largest eigenvalue at the start)
+    # converges on each of the four inner problems (measured κ = L/λ ≤ 25: 3000 steps suffice).
+    net = algorithm.network(model)
+    start = algorithm.head.init(net)
+    inner = lambda d: algorithm.head.inner_loss(d, net, x_s, y_s, l2)  # noqa: E731
+    top = bilevel.largest_eigenvalue(lambda v: bilevel.hvp(inner, start, v), start, 100)
+    lrs = LearningRates(0.5 / top, jnp.asarray(0.0))
+
+    def meta(s):
+        return meta_loss(s, algorithm, model, x_t, y_t, l2, lrs)
+
+    objective = jax.jit(meta)
+    (loss, info), grad = jax.jit(jax.value_and_grad(meta, has_aux=True))(support)
+    assert float(info.inner_grad_norm) < 1e-9  # the inner problem really is solved
+    assert np.isfinite(float(loss))
+    assert float(jnp.linalg.norm(grad.images)) > 0
+
+    rng = np.random.default_rng(0)
+    h = 1e-5
+    for _ in range(3):
+        d = SupportSet(
+            jnp.asarray(rng.normal(size=x_s.shape)),
+            jnp.asarray(rng.normal(size=y_s.shape)),
+            jnp.asarray(rng.normal()),
+        )
+        plus, info_plus = objective(jax.tree_util.tree_map(lambda a, b: a + h * b, support, d))
+        minus, info_minus = objective(jax.tree_util.tree_map(lambda a, b: a - h * b, support, d))
+        assert max(float(info_plus.inner_grad_norm), float(info_minus.inner_grad_norm)) < 1e-9
+        fd = (plus - minus) / (2 * h)
+        analytic = tree_ravel(grad) @ tree_ravel(d)
+        assert abs(float(analytic - fd)) / abs(float(fd)) < 1e-6
 
 
-def test_rcig_meta_gradient_matches_dense_oracle_and_finite_differences(x64):
+def test_rcig_meta_gradient_with_adam_quadratic_and_without_the_implicit_part(x64):
+    """RCIG's default linear solver (AdamQuadratic) run long enough gives the exact (Dense)
+    meta-gradient; dropping the implicit part (n_H = 0) changes it."""
     model, x_s, y_s, x_t, y_t = _tiny()
     l2 = jnp.asarray(0.5)
     support = SupportSet(x_s, y_s, jnp.asarray(np.log(0.3)))
-    # A converged inner problem: plain gradient descent on the convex quadratic.
-    converged = rcig(n_inner=4000, linear_solver=bilevel.Dense(), inner_optimizer=optax.sgd)
     lrs = LearningRates(jnp.asarray(0.5), jnp.asarray(0.0))
-
-    (loss, info), grad = jax.value_and_grad(meta_loss, has_aux=True)(
-        support, converged, model, x_t, y_t, l2, lrs
-    )
-    assert float(info.inner_grad_norm) < 1e-9  # the inner problem really is solved
-    assert np.isfinite(float(loss))
-
-    # The same meta-gradient with RCIG's default linear solver (AdamQuadratic) run long enough.
+    grad_of = lambda algorithm: jax.grad(
+        lambda s: meta_loss(  # noqa: E731
+            s, algorithm, model, x_t, y_t, l2, lrs
+        )[0]
+    )(support)
+    exact = grad_of(rcig(n_inner=4000, linear_solver=bilevel.Dense(), inner_optimizer=optax.sgd))
     adam = rcig(
         n_inner=4000,
         linear_solver=bilevel.AdamQuadratic(
@@ -172,42 +206,23 @@ def test_rcig_meta_gradient_matches_dense_oracle_and_finite_differences(x64):
         ),
         inner_optimizer=optax.sgd,
     )
-    _, grad_adam = jax.value_and_grad(meta_loss, has_aux=True)(
-        support, adam, model, x_t, y_t, l2, lrs
-    )
-    assert rel_err(tree_ravel(grad_adam), tree_ravel(grad)) < 1e-4
-
-    # Finite differences of the true bilevel objective along random directions.
-    f = lambda im, lab, lt: _true_outer(im, lab, lt, model, x_t, y_t, l2, converged)
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        d_im = jnp.asarray(rng.normal(size=x_s.shape))
-        d_lab = jnp.asarray(rng.normal(size=y_s.shape))
-        d_lt = float(rng.normal())
-        h = 1e-5
-        fd = (
-            f(x_s + h * d_im, y_s + h * d_lab, support.log_temperature + h * d_lt)
-            - f(x_s - h * d_im, y_s - h * d_lab, support.log_temperature - h * d_lt)
-        ) / (2 * h)
-        analytic = (
-            jnp.vdot(grad.images, d_im) + jnp.vdot(grad.labels, d_lab) + grad.log_temperature * d_lt
-        )
-        assert abs(float(analytic - fd)) / abs(float(fd)) < 1e-6
-    # The implicit part matters: dropping it (n_H = 0) changes the gradient.
-    direct_only = rcig(n_inner=4000, n_hessian=0, inner_optimizer=optax.sgd)
-    _, grad_direct = jax.value_and_grad(meta_loss, has_aux=True)(
-        support, direct_only, model, x_t, y_t, l2, lrs
-    )
-    assert rel_err(tree_ravel(grad_direct), tree_ravel(grad)) > 1e-3
+    # AdamQuadratic is an iterative solver stopped after a fixed budget: its accuracy (measured
+    # ~1e-6 in float64) is the method's, not the machine's; 1e-4 bounds it with margin.
+    assert rel_err(tree_ravel(grad_of(adam)), tree_ravel(exact)) < 1e-4
+    direct_only = grad_of(rcig(n_inner=4000, n_hessian=0, inner_optimizer=optax.sgd))
+    assert rel_err(tree_ravel(direct_only), tree_ravel(exact)) > 1e-3
 
 
 @pytest.mark.parametrize("make", [vig, cig, rig, rcig, frepo], ids=lambda f: f.__name__)
 def test_every_algorithm_gives_finite_meta_gradient(make):
+    """Every factory's defaults (float32, AdamQuadratic, unrolled loops) give a usable gradient;
+    the step counts are cut to 4 so that the unrolled programs compile quickly."""
     model, x_s, y_s, x_t, y_t = _tiny(dtype=jnp.float32)
     support = SupportSet(x_s, y_s, jnp.asarray(np.log(0.1), jnp.float32))
     lrs = LearningRates(jnp.asarray(1e-2), jnp.asarray(1e-2))
+    algorithm = make() if make is frepo else make(n_inner=4, n_hessian=4)
     (loss, info), grad = jax.jit(jax.value_and_grad(meta_loss, has_aux=True), static_argnums=1)(
-        support, make(), model, x_t, y_t, jnp.asarray(0.01), lrs
+        support, algorithm, model, x_t, y_t, jnp.asarray(0.01), lrs
     )
     leaves = jax.tree_util.tree_leaves(grad)
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in leaves)
@@ -237,7 +252,7 @@ def test_step_compiles_once_and_distillation_lowers_outer_loss():
     config = DistillConfig(
         steps=40, pool_size=4, reset_every=10, target_batch=128, width=8, tune_every=5
     )
-    algorithm = rcig()
+    algorithm = rcig(n_inner=5, n_hessian=5)
     pool = make_pool(x.shape[1:], 10, config)
     support = init_support(x, y, 10, 1, key=jax.random.key(0))
     state = init_state(support, pool, config, key=jax.random.key(1))
@@ -251,17 +266,14 @@ def test_step_compiles_once_and_distillation_lowers_outer_loss():
     ]
     lrs = LearningRates(jnp.asarray(1e-2), jnp.asarray(1e-2))
 
+    judge_loss = jax.jit(
+        lambda s, m: meta_loss(s, algorithm, m, x_dev[:500], y_dev[:500], jnp.asarray(0.005), lrs)[
+            0
+        ]
+    )
+
     def judge(s):
-        return np.mean(
-            [
-                float(
-                    meta_loss(s, algorithm, m, x_dev[:1000], y_dev[:1000], jnp.asarray(0.005), lrs)[
-                        0
-                    ]
-                )
-                for m in judges
-            ]
-        )
+        return np.mean([float(judge_loss(s, m)) for m in judges])
 
     before = judge(state.support)
     lr_history = []

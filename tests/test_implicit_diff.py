@@ -275,6 +275,6 @@ def test_non_symmetric_optimality_condition(x64):
     assert rel_err(got, want) < 1e-10
 
 
-def test_bad_solve_argument_is_rejected():
+def test_bad_solve_argument_is_rejected(unchecked_types):
     with pytest.raises(ValueError, match="solve"):
         bilevel.custom_root(lambda p: p, solve="cg")

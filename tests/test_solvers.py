@@ -107,7 +107,7 @@ def test_hvp_matches_hessian(x64):
         (lambda: bilevel.OptaxMinimizer(optax.sgd(0.1), steps=5, tol=-1.0), "tol"),
     ],
 )
-def test_bad_options_raise_clear_value_error(make, match):
+def test_bad_options_raise_clear_value_error(make, match, unchecked_types):
     with pytest.raises(ValueError, match=match) as excinfo:
         make()
     assert "got" in str(excinfo.value)  # the message names the bad value
@@ -134,7 +134,7 @@ def test_optax_minimizer_diagnostics_and_tolerance(x64):
     assert int(info.steps) == 0
 
 
-def test_argmin_rejects_bad_minimizer():
+def test_argmin_rejects_bad_minimizer(unchecked_types):
     with pytest.raises(ValueError, match="minimizer"):
         bilevel.argmin(lambda w: jnp.sum(w**2), jnp.zeros(2), minimizer=optax.sgd(0.1))
 
