@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -317,7 +318,39 @@ def _is_integral(v) -> bool:
 # ----------------------------------------------------------- through Hugging Face datasets
 
 
+def _hub_unreachable_reason(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (a TCP connect, a few seconds at most), or
+    ``None``. Without it, ``datasets`` retries a failing hub for ~30 s before giving up."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host}:{port} is not reachable ({exc})"
+    return None
+
+
+def _offline_requested() -> bool:
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
 def _load_hub(hub_id: str) -> RawSplits:
+    # With offline mode requested, datasets reads its cache only (fast); otherwise a hub that
+    # cannot be reached is reported at once instead of after datasets' retries.
+    reason = None if _offline_requested() else _hub_unreachable_reason()
+    if reason is not None:
+        raise ValueError(
+            f"could not load {hub_id!r} from the Hugging Face hub: {reason}. Without network "
+            "access, pass a local copy instead (an IDX folder, ImageFolder tree, parquet files "
+            "or .npz), or set HF_HUB_OFFLINE=1 to use a copy in the Hugging Face cache."
+        )
     import datasets
 
     try:
