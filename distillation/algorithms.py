@@ -117,22 +117,30 @@ class Algorithm(eqx.Module):
         return self.n_inner > 0 or (self.n_hessian > 0 and self.linear_solver is None)
 
     def minimizer(self, lr: Array) -> bilevel.OptaxMinimizer:
+        # The learning rate is a leaf of the minimizer (traced, tuned without recompiling).
         return bilevel.OptaxMinimizer(
-            self.inner_optimizer(lr), steps=self.n_inner, unroll=self._unroll(self.n_inner)
+            self.inner_optimizer,
+            steps=self.n_inner,
+            unroll=self._unroll(self.n_inner),
+            learning_rate=lr,
         )
 
     def hessian_solver(self, lr: Array):
         if self.linear_solver is not None:
             return self.linear_solver
+        # throw=False: a diverging solve is the learning-rate tuner's signal, not an error.
         return bilevel.AdamQuadratic(
-            steps=self.n_hessian, learning_rate=lr, unroll=self._unroll(self.n_hessian)
+            steps=self.n_hessian, learning_rate=lr, unroll=self._unroll(self.n_hessian), throw=False
         )
 
     def _unroll(self, steps: int) -> bool:
         return steps <= MAX_UNROLL if self.unroll is None else self.unroll
 
-    def solve_inner(self, net, x_s, y_s, l2, lrs: LearningRates):
-        """The inner solution, differentiable in ``(x_s, y_s)`` by implicit differentiation."""
+    def solve_inner(self, net, x_s, y_s, l2, lrs: LearningRates) -> bilevel.Solution:
+        """The inner solution, differentiable in ``(x_s, y_s)`` by implicit differentiation.
+
+        ``throw=False``: a short fixed-step inner solve is not converged by design, and a
+        diverging one shows in the loss trace that the learning-rate tuner reads."""
         return bilevel.argmin(
             self.head.inner_loss,
             self.head.init(net),
@@ -141,7 +149,8 @@ class Algorithm(eqx.Module):
             y_s,
             l2,
             minimizer=self.minimizer(lrs.inner),
-            solve=self.hessian_solver(lrs.hessian),
+            adjoint=bilevel.Implicit(self.hessian_solver(lrs.hessian)),
+            throw=False,
         )
 
 
@@ -178,7 +187,8 @@ def meta_loss(
         x_s = Partitioned(x_s, jax.lax.stop_gradient(constant.images), chunk=x_s.shape[0])
         y_s = jnp.concatenate([y_s, jax.lax.stop_gradient(constant.labels)])
     net = algorithm.network(model0)
-    delta, info = algorithm.solve_inner(net, x_s, y_s, l2, lrs)
+    inner = algorithm.solve_inner(net, x_s, y_s, l2, lrs)
+    delta, info = inner.value, inner.stats
     outputs = algorithm.head.predict(delta, net, x_s, y_s, l2, x_target)
     loss = algorithm.outer_loss(outputs, y_target, support.log_temperature)
     accuracy = jnp.mean(jnp.argmax(outputs, -1) == jnp.argmax(y_target, -1))

@@ -58,7 +58,7 @@ class LearningRateTuner(eqx.Module):
     ) -> LearningRates:
         """Rerun the inner and Hessian-inverse solves with traces and adjust both rates."""
         head = algorithm.head
-        delta, info = algorithm.minimizer(lrs.inner)(
+        delta, info, _ = algorithm.minimizer(lrs.inner)(
             head.inner_loss, head.init(net), net, x_s, y_s, l2
         )
         inner_trace = jnp.append(info.loss_trace, info.loss)

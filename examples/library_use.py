@@ -31,7 +31,7 @@ def main():
     config = DistillConfig(steps=100, pool_size=10, width=32, target_batch=256)
 
     # RCIG, but with conjugate gradient instead of AdamQuadratic for v = H⁻¹g: one argument.
-    algorithm = rcig(linear_solver=bilevel.CG(rtol=1e-4, maxiter=20))
+    algorithm = rcig(linear_solver=bilevel.CG(rtol=1e-4, max_steps=20, throw=False))
 
     pool = make_pool(data.image_shape, data.num_classes, config)
     support = init_support(
