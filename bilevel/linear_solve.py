@@ -218,7 +218,10 @@ def _check_krylov(solver: Any) -> None:
     _check_finite_nonnegative("rtol", solver.rtol, cls)
     _check_finite_nonnegative("atol", solver.atol, cls)
     if solver.rtol == 0 and solver.atol == 0:
-        raise ValueError(f"{cls}: at least one of `rtol` and `atol` must be positive.")
+        raise ValueError(
+            f"{cls}: at least one of `rtol` and `atol` must be positive, got rtol={solver.rtol!r}, "
+            f"atol={solver.atol!r}."
+        )
     if solver.max_steps is not None:
         _check_positive_int("max_steps", solver.max_steps, cls)
     if solver.preconditioner is not None and not callable(solver.preconditioner):

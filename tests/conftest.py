@@ -37,16 +37,24 @@ def getkey():
     return lambda: jax.random.fold_in(base, next(counter))
 
 
-def all_linear_solvers():
-    """Every linear solver, with the settings the gradient tests use (one list for all tests)."""
+def all_linear_solvers(symmetric: bool = True):
+    """Every linear solver, with the settings the gradient tests use (one list for all tests);
+    ``symmetric=False``: only those correct for a general (non-symmetric) operator."""
     import bilevel
 
-    return [
+    general = [
         pytest.param(bilevel.Dense(), id="Dense"),
+        pytest.param(bilevel.LU(), id="LU"),
+        pytest.param(bilevel.GMRES(rtol=1e-12), id="GMRES"),
+        pytest.param(bilevel.BiCGStab(rtol=1e-12), id="BiCGStab"),
+        pytest.param(bilevel.NormalCG(rtol=1e-12), id="NormalCG"),
+    ]
+    symmetric_only = [
         pytest.param(bilevel.CG(rtol=1e-12), id="CG"),
         pytest.param(bilevel.Neumann(), id="Neumann"),
         pytest.param(bilevel.AdamQuadratic(), id="AdamQuadratic"),
     ]
+    return general + symmetric_only if symmetric else general
 
 
 @pytest.fixture

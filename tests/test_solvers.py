@@ -95,7 +95,14 @@ def test_hvp_matches_hessian(x64):
     "make, match",
     [
         (lambda: bilevel.CG(rtol=-1.0), "rtol"),
-        (lambda: bilevel.CG(maxiter=0), "maxiter"),
+        (lambda: bilevel.CG(max_steps=0), "max_steps"),
+        (lambda: bilevel.CG(rtol=float("nan")), "rtol"),
+        (lambda: bilevel.CG(atol=float("inf")), "atol"),
+        (lambda: bilevel.GMRES(rtol=0.0, atol=0.0), "rtol"),
+        (lambda: bilevel.GMRES(restart=0), "restart"),
+        (lambda: bilevel.Neumann(step_size=float("nan")), "step_size"),
+        (lambda: bilevel.OptaxMinimizer(optax.sgd(0.1), steps=5, tol=float("nan")), "tol"),
+        (lambda: bilevel.OptaxMinimizer(optax.sgd(0.1), steps=5, learning_rate=0.1), "factory"),
         (lambda: bilevel.Neumann(steps=-3), "steps"),
         (lambda: bilevel.Neumann(step_size=0.0), "step_size"),
         (lambda: bilevel.AdamQuadratic(learning_rate=-0.1), "learning_rate"),
@@ -123,14 +130,16 @@ def test_solvers_are_immutable_and_hashable():
 def test_optax_minimizer_diagnostics_and_tolerance(x64):
     loss = lambda w, c: 0.5 * jnp.sum((w - c) ** 2)
     fixed = bilevel.OptaxMinimizer(optax.sgd(0.5), steps=50)
-    w, info = fixed(loss, jnp.zeros(3), 2.0)
+    w, info, result = fixed(loss, jnp.zeros(3), 2.0)
+    assert int(result) == bilevel.RESULTS.successful
     assert int(info.steps) == 50
     assert jnp.allclose(w, 2.0) and float(info.grad_norm) < 1e-12
     early = bilevel.OptaxMinimizer(optax.sgd(0.5), steps=1000, tol=1e-3)
-    w, info = early(loss, jnp.zeros(3), 2.0)
+    w, info, result = early(loss, jnp.zeros(3), 2.0)
+    assert int(result) == bilevel.RESULTS.successful
     assert int(info.steps) < 20 and float(info.grad_norm) <= 1e-3
     # Warm start: starting at the solution takes no steps.
-    _, info = early(loss, jnp.full(3, 2.0), 2.0)
+    _, info, _ = early(loss, jnp.full(3, 2.0), 2.0)
     assert int(info.steps) == 0
 
 
@@ -180,8 +189,8 @@ def test_traces_report_the_losses_of_a_solve(x64):
     assert jnp.allclose(trace[-1], final)  # last entry is the objective at the returned point
     assert float(trace[-1]) < float(trace[0])
     loss = lambda w: 0.5 * jnp.sum((w - 3.0) ** 2)
-    _, info = bilevel.OptaxMinimizer(optax.sgd(0.1), steps=10)(loss, jnp.zeros(2))
+    _, info, _ = bilevel.OptaxMinimizer(optax.sgd(0.1), steps=10)(loss, jnp.zeros(2))
     assert info.loss_trace.shape == (10,) and float(info.loss_trace[0]) == 9.0
     assert bool(jnp.all(jnp.diff(info.loss_trace) < 0))
-    _, info = bilevel.OptaxMinimizer(optax.sgd(0.5), steps=30, tol=1e-3)(loss, jnp.zeros(2))
+    _, info, _ = bilevel.OptaxMinimizer(optax.sgd(0.5), steps=30, tol=1e-3)(loss, jnp.zeros(2))
     assert int(info.steps) < 30 and bool(jnp.isnan(info.loss_trace[-1]))  # steps not taken
