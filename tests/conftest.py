@@ -39,14 +39,16 @@ def getkey():
 
 def all_linear_solvers(symmetric: bool = True):
     """Every linear solver, with the settings the gradient tests use (one list for all tests);
-    ``symmetric=False``: only those correct for a general (non-symmetric) operator."""
+    ``symmetric=False``: only those correct for a general (non-symmetric) operator.
+
+    BiCGStab is tested on its own (tests/test_autodiff_modes.py): lineax's implementation breaks
+    down (0/0) on the tiny problems here, which a Krylov method solves exactly in n steps."""
     import bilevel
 
     general = [
         pytest.param(bilevel.Dense(), id="Dense"),
         pytest.param(bilevel.LU(), id="LU"),
         pytest.param(bilevel.GMRES(rtol=1e-12), id="GMRES"),
-        pytest.param(bilevel.BiCGStab(rtol=1e-12), id="BiCGStab"),
         pytest.param(bilevel.NormalCG(rtol=1e-12), id="NormalCG"),
     ]
     symmetric_only = [
