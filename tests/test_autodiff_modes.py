@@ -28,7 +28,6 @@ from problems import rel_err, ridge_data
 
 import bilevel
 
-
 # A failed solve raises EquinoxRuntimeError outside jit and a JaxRuntimeError (carrying the same
 # message) inside a jax.jit.
 RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
