@@ -58,7 +58,7 @@ def test_closed_form_head_equals_gradient_descent_minimiser(x64):
 
     w0 = {"weight": jnp.zeros((7, 3)), "bias": jnp.zeros(3)}
     m = bilevel.OptaxMinimizer(optax.sgd(0.02), steps=20000, tol=1e-12)
-    w_gd, info = m(objective, w0)
+    w_gd, info, _ = m(objective, w0)
     assert float(info.grad_norm) < 1e-10
     assert rel_err(head.weight, w_gd["weight"]) < 1e-8
     assert rel_err(head.bias, w_gd["bias"]) < 1e-8
