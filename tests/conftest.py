@@ -37,26 +37,37 @@ def getkey():
     return lambda: jax.random.fold_in(base, next(counter))
 
 
-def all_linear_solvers(symmetric: bool = True):
+FAST_SOLVERS = frozenset({"Dense", "CG", "GMRES", "AdamQuadratic"})
+
+
+def all_linear_solvers(symmetric: bool = True, fast=FAST_SOLVERS):
     """Every linear solver, with the settings the gradient tests use (one list for all tests);
     ``symmetric=False``: only those correct for a general (non-symmetric) operator.
+
+    Solvers not in ``fast`` carry the ``slow`` mark: the fast suite covers a direct solver, the
+    symmetric and the general Krylov solver (and RCIG's AdamQuadratic); ``pytest -m slow`` runs
+    the rest of the list.
 
     BiCGStab is tested on its own (tests/test_autodiff_modes.py): lineax's implementation breaks
     down (0/0) on the tiny problems here, which a Krylov method solves exactly in n steps."""
     import bilevel
 
     general = [
-        pytest.param(bilevel.Dense(), id="Dense"),
-        pytest.param(bilevel.LU(), id="LU"),
-        pytest.param(bilevel.GMRES(rtol=1e-12), id="GMRES"),
-        pytest.param(bilevel.NormalCG(rtol=1e-12), id="NormalCG"),
+        ("Dense", bilevel.Dense()),
+        ("LU", bilevel.LU()),
+        ("GMRES", bilevel.GMRES(rtol=1e-12)),
+        ("NormalCG", bilevel.NormalCG(rtol=1e-12)),
     ]
     symmetric_only = [
-        pytest.param(bilevel.CG(rtol=1e-12), id="CG"),
-        pytest.param(bilevel.Neumann(), id="Neumann"),
-        pytest.param(bilevel.AdamQuadratic(), id="AdamQuadratic"),
+        ("CG", bilevel.CG(rtol=1e-12)),
+        ("Neumann", bilevel.Neumann()),
+        ("AdamQuadratic", bilevel.AdamQuadratic()),
     ]
-    return general + symmetric_only if symmetric else general
+    chosen = general + symmetric_only if symmetric else general
+    return [
+        pytest.param(solve, id=name, marks=() if name in fast else pytest.mark.slow)
+        for name, solve in chosen
+    ]
 
 
 @pytest.fixture

@@ -33,6 +33,12 @@ import bilevel
 RUNTIME_ERRORS = (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError)
 
 
+def _solvers(symmetric: bool = True):
+    # The fast suite runs each mode with a direct solver, the symmetric Krylov solver and the
+    # general one; the rest of the list runs with the slow tests (`pytest -m slow`).
+    return all_linear_solvers(symmetric, fast={"Dense", "CG", "GMRES"})
+
+
 def _tol(solve):
     return 1e-4 if isinstance(solve, bilevel.AdamQuadratic) else 1e-8
 
@@ -60,7 +66,7 @@ def _lam():
     return jnp.linspace(0.2, 1.0, 8)  # float64 inside the x64 fixture
 
 
-@pytest.mark.parametrize("solve", all_linear_solvers())
+@pytest.mark.parametrize("solve", _solvers())
 def test_first_order_modes_on_a_symmetric_problem(x64, solve):
     implicit, exact, validation = _ridge_problem(solve)
     lam, direction = _lam(), jnp.linspace(-1.0, 1.0, 8)
@@ -80,7 +86,7 @@ def test_first_order_modes_on_a_symmetric_problem(x64, solve):
     )
 
 
-@pytest.mark.parametrize("solve", all_linear_solvers())
+@pytest.mark.parametrize("solve", _solvers())
 def test_second_order_modes_on_a_symmetric_problem(x64, solve):
     implicit, exact, validation = _ridge_problem(solve)
     tol = 1e-3 if isinstance(solve, bilevel.AdamQuadratic) else 1e-7
@@ -96,7 +102,7 @@ def test_second_order_modes_on_a_symmetric_problem(x64, solve):
     )
 
 
-@pytest.mark.parametrize("solve", all_linear_solvers())
+@pytest.mark.parametrize("solve", _solvers())
 def test_vmap_of_forward_and_reverse_mode(x64, solve):
     implicit, exact, validation = _ridge_problem(solve)
     lam = _lam()
@@ -123,7 +129,7 @@ def _fixed_point_problem():
     return T, unrolled, theta
 
 
-@pytest.mark.parametrize("solve", [None, *all_linear_solvers(symmetric=False)])
+@pytest.mark.parametrize("solve", [None, *_solvers(symmetric=False)])
 def test_non_symmetric_fixed_point_in_every_mode(x64, solve):
     T, unrolled, theta = _fixed_point_problem()
 
@@ -150,7 +156,7 @@ def test_custom_root_defaults_are_right_for_a_non_symmetric_root(x64):
     assert rel_err(got, jax.jacrev(unrolled)(theta)) < 1e-8
 
 
-@pytest.mark.parametrize("solve", all_linear_solvers())
+@pytest.mark.parametrize("solve", _solvers())
 def test_symmetric_only_solvers_are_refused_for_a_general_root(solve):
     if not solve.symmetric_only:
         bilevel.custom_root(lambda z, t: z - t, solve=solve)  # accepted
