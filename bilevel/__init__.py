@@ -14,10 +14,13 @@ Public names:
   (with :class:`InnerInfo` stats); :func:`unrolled_argmin`, :func:`ridge_solution`.
 * Status: :class:`RESULTS` codes and :func:`result_message`.
 * Operators: :func:`materialize`, :func:`largest_eigenvalue`.
+* :func:`optax_step`: one optax update that also works under strict dtype promotion.
+
+The implementation modules (``bilevel._*``) are private.
 """
 
-from bilevel.implicit_diff import custom_fixed_point, custom_root, hvp
-from bilevel.inner import (
+from bilevel._implicit_diff import custom_fixed_point, custom_root, hvp
+from bilevel._inner import (
     AbstractAdjoint,
     AbstractMinimizer,
     ClosedFormRidge,
@@ -31,7 +34,7 @@ from bilevel.inner import (
     ridge_solution,
     unrolled_argmin,
 )
-from bilevel.linear_solve import (
+from bilevel._linear_solve import (
     CG,
     GMRES,
     LU,
@@ -46,7 +49,8 @@ from bilevel.linear_solve import (
     materialize,
     relative_residual,
 )
-from bilevel.results import RESULTS, result_message
+from bilevel._optax import optax_step
+from bilevel._results import RESULTS, result_message
 
 __version__ = "0.2.0"
 
@@ -77,6 +81,7 @@ __all__ = [
     "hvp",
     "largest_eigenvalue",
     "materialize",
+    "optax_step",
     "relative_residual",
     "result_message",
     "ridge_solution",

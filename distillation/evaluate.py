@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jaxtyping import Array
 
-from bilevel.optax_util import optax_step
+from bilevel import optax_step
 from distillation.augment import dsa_augment
 from distillation.models import ConvNet, Norm, conv_net
 

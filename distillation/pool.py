@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, PRNGKeyArray
 
-from bilevel.optax_util import optax_step
+from bilevel import optax_step
 from distillation.models import ConvNet
 from distillation.networks import Partitioned, map_batch
 

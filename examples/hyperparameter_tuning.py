@@ -70,16 +70,28 @@ def main(argv=None):
 
     (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = load_splits(args.seed)
     d = x_tr.shape[1]
-    # Inner solver: the inner loss is a quadratic; Adam with enough steps converges, and each
-    # outer step warm-starts from the previous solution.
-    minimizer = bilevel.OptaxMinimizer(optax.adam(0.05), steps=300, tol=1e-8)
+    # Inner solver: Adam with a decaying learning rate, warm-started from the previous outer
+    # step's solution, stopping at an inner gradient norm of 1e-6. As the strengths spread over
+    # seven orders of magnitude the inner problem becomes badly conditioned and some solves stop
+    # at the step budget a little above the tolerance: `throw=False` lets the run go on, and the
+    # result codes are counted and printed instead of being ignored.
+    minimizer = bilevel.OptaxMinimizer(
+        optax.adam(optax.cosine_decay_schedule(0.05, 1000, 1e-3)), steps=1000, tol=1e-6
+    )
     solve = SOLVERS[args.solver]()
 
     def outer(log_lam, w_init):
-        w, info = bilevel.argmin(
-            inner_loss, w_init, log_lam, x_tr, y_tr, minimizer=minimizer, solve=solve
+        sol = bilevel.argmin(
+            inner_loss,
+            w_init,
+            log_lam,
+            x_tr,
+            y_tr,
+            minimizer=minimizer,
+            adjoint=bilevel.Implicit(solve),
+            throw=False,
         )
-        return mse(w, x_val, y_val), (w, info)
+        return mse(sol.value, x_val, y_val), (sol.value, sol.stats, sol.result)
 
     outer_step = jax.jit(jax.value_and_grad(outer, has_aux=True))
 
@@ -87,16 +99,24 @@ def main(argv=None):
         outer_opt = optax.adam(0.1)
         state = outer_opt.init(log_lam)
         w = jnp.zeros(d)
+        missed, worst = 0, 0.0
         for step in range(args.steps):
-            (val, (w, info)), g = outer_step(log_lam, w)  # warm start from the last solution
+            # Warm start from the last solution.
+            (val, (w, info, result)), g = outer_step(log_lam, w)
+            if int(result) != bilevel.RESULTS.successful:
+                missed, worst = missed + 1, max(worst, float(info.grad_norm))
             updates, state = outer_opt.update(g, state, log_lam)
             log_lam = optax.apply_updates(log_lam, updates)
             if step % 50 == 0 or step == args.steps - 1:
                 print(
                     f"[{label}] step {step:4d}  val MSE {float(val):.4f}  "
-                    f"inner |grad| {float(info.grad_norm):.1e}  "
+                    f"inner |grad| {float(info.grad_norm):.1e} ({int(info.steps)} steps)  "
                     f"|hypergrad| {float(jnp.linalg.norm(g)):.2e}"
                 )
+        print(
+            f"[{label}] inner solve stopped above tol={minimizer.tol:g} in {missed} of "
+            f"{args.steps} outer steps (largest inner |grad| {worst:.1e})"
+        )
         return log_lam
 
     def scores(log_lam):

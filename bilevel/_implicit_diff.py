@@ -24,7 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from bilevel.linear_solve import CG, GMRES, requires_symmetric
+from bilevel._linear_solve import CG, GMRES, requires_symmetric
 
 PyTree = Any
 LinearSolve = Callable[..., PyTree]
@@ -108,8 +108,19 @@ def _root_jvp(primals, tangents, *, linear_solve, symmetric, has_aux):
     if not jax.tree_util.tree_leaves(t_inputs):
         t_root = jax.tree_util.tree_map(jnp.zeros_like, root)
     else:
-        t_inputs = _materialise_zeros(inputs, t_inputs)
-        _, rhs = eqx.filter_jvp(lambda i: i[0](root, i[1]), (inputs,), (t_inputs,))
+        # Differentiate F only in the leaves that carry a tangent (not the data): XLA does not
+        # fold away products with explicit zero tangents.
+        mask = jax.tree_util.tree_map(
+            lambda p, t: t is not None, inputs, t_inputs, is_leaf=lambda x: x is None
+        )
+        dynamic, static = eqx.partition(inputs, mask)
+        t_dynamic = eqx.filter(_materialise_zeros(inputs, t_inputs), mask)
+
+        def f(d):
+            i = eqx.combine(d, static)
+            return i[0](root, i[1])
+
+        _, rhs = jax.jvp(f, (dynamic,), (t_dynamic,))
 
         def matvec(u):
             return jax.jvp(lambda p: optimality(p, args), (root,), (u,))[1]

@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bilevel.implicit_diff import LinearSolve, _check_solve, custom_root
-from bilevel.linear_solve import CG, Dense
-from bilevel.optax_util import optax_step
-from bilevel.results import RESULTS, nonfinite, raise_if_failed
-from bilevel.tree_math import tree_norm, tree_sub
+from bilevel._implicit_diff import LinearSolve, _check_solve, custom_root
+from bilevel._linear_solve import CG, Dense
+from bilevel._optax import optax_step
+from bilevel._results import RESULTS, nonfinite, raise_if_failed
+from bilevel._tree_math import tree_norm, tree_sub
 
 PyTree = Any
 LossFn = Callable[..., jax.Array]

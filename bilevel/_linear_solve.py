@@ -32,9 +32,9 @@ import lineax as lx
 import optax
 from jax.flatten_util import ravel_pytree
 
-from bilevel.optax_util import optax_step
-from bilevel.results import RESULTS, nonfinite, raise_if_failed
-from bilevel.tree_math import (
+from bilevel._optax import optax_step
+from bilevel._results import RESULTS, nonfinite, raise_if_failed
+from bilevel._tree_math import (
     tree_axpy,
     tree_norm,
     tree_scale,
@@ -179,7 +179,10 @@ def _from_lineax(result: Any) -> jax.Array:
 class _LineaxSolver(AbstractLinearSolver):
     """Shared machinery: build a lineax operator from the matvec, solve, translate the result."""
 
-    def _lineax_solver(self) -> lx.AbstractLinearSolver:
+    def _lineax_solver(self, tol: jax.Array) -> lx.AbstractLinearSolver:
+        """The lineax solver, stopping once ``||A x - b||₂ <= tol`` (lineax's own test scales
+        ``rtol`` element by element by ``|b_i|``, which a zero entry of ``b`` makes
+        unreachable; passing our 2-norm tolerance as its ``atol`` with ``rtol=0`` avoids it)."""
         raise NotImplementedError
 
     def _tags(self) -> Any:
@@ -199,8 +202,11 @@ class _LineaxSolver(AbstractLinearSolver):
     def _solve(self, matvec, b, init):
         matvec = _with_ridge(matvec, getattr(self, "ridge", 0.0))
         operator = lx.FunctionLinearOperator(matvec, _structure(b), tags=self._tags())
+        rtol, atol = getattr(self, "rtol", 0.0), getattr(self, "atol", 0.0)
+        tol = atol + rtol * tree_norm(b)
+        tol = jnp.where(tol > 0, tol, jnp.finfo(tol.dtype).tiny)  # b = 0: x = 0 at once
         sol = lx.linear_solve(
-            operator, b, self._lineax_solver(), options=self._options(b, init), throw=False
+            operator, b, self._lineax_solver(tol), options=self._options(b, init), throw=False
         )
         steps = jnp.asarray(sol.stats.get("num_steps", 0), jnp.int32)
         result = _from_lineax(sol.result)
@@ -208,7 +214,7 @@ class _LineaxSolver(AbstractLinearSolver):
         # e.g. for members of a vmapped batch that converged before the others. A solve whose
         # residual meets the tolerance is a success whatever the flag (one extra matvec).
         residual = tree_norm(tree_sub(matvec(sol.value), b))
-        met = residual <= self.atol + self.rtol * tree_norm(b)  # type: ignore[attr-defined]
+        met = residual <= tol
         result = jnp.where(met & ~nonfinite(sol.value), RESULTS.successful, result)
         return sol.value, jnp.asarray(result, jnp.int32), steps
 
@@ -265,8 +271,8 @@ class CG(_LineaxSolver):
     def _tags(self):
         return lx.positive_semidefinite_tag
 
-    def _lineax_solver(self):
-        return lx.CG(rtol=self.rtol, atol=self.atol, norm=tree_norm, max_steps=self.max_steps)
+    def _lineax_solver(self, tol):
+        return lx.CG(rtol=0.0, atol=tol, norm=tree_norm, max_steps=self.max_steps)
 
 
 class GMRES(_LineaxSolver):
@@ -299,10 +305,10 @@ class GMRES(_LineaxSolver):
         _check_krylov(self)
         _check_positive_int("restart", self.restart, "GMRES")
 
-    def _lineax_solver(self):
+    def _lineax_solver(self, tol):
         return lx.GMRES(
-            rtol=self.rtol,
-            atol=self.atol,
+            rtol=0.0,
+            atol=tol,
             norm=tree_norm,
             max_steps=self.max_steps,
             restart=self.restart,
@@ -329,8 +335,8 @@ class BiCGStab(_LineaxSolver):
     def __check_init__(self):
         _check_krylov(self)
 
-    def _lineax_solver(self):
-        return lx.BiCGStab(rtol=self.rtol, atol=self.atol, norm=tree_norm, max_steps=self.max_steps)
+    def _lineax_solver(self, tol):
+        return lx.BiCGStab(rtol=0.0, atol=tol, norm=tree_norm, max_steps=self.max_steps)
 
 
 class NormalCG(_LineaxSolver):
@@ -353,10 +359,8 @@ class NormalCG(_LineaxSolver):
     def __check_init__(self):
         _check_krylov(self)
 
-    def _lineax_solver(self):
-        return lx.Normal(
-            lx.CG(rtol=self.rtol, atol=self.atol, norm=tree_norm, max_steps=self.max_steps)
-        )
+    def _lineax_solver(self, tol):
+        return lx.Normal(lx.CG(rtol=0.0, atol=tol, norm=tree_norm, max_steps=self.max_steps))
 
     def _options(self, b, init):
         return {}  # lineax's Normal takes no warm start in the original variables
@@ -372,7 +376,7 @@ class LU(_LineaxSolver):
 
     throw: bool = eqx.field(default=True, static=True)
 
-    def _lineax_solver(self):
+    def _lineax_solver(self, tol):
         return lx.LU()
 
     def _options(self, b, init):
