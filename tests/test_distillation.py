@@ -147,7 +147,16 @@ def _converged(make):
 # norm). Error budget, all relative: central differences with h = 1e-5 have truncation error
 # O(h²) ≈ 1e-10 and rounding error eps64/h ≈ 2e-11; an inner gradient norm below 1e-9 moves the
 # implicit formula by about that much. 1e-6 leaves three orders of magnitude on every term.
-@pytest.mark.parametrize("make", [vig, cig, rig, rcig], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(vig, marks=pytest.mark.slow),
+        cig,
+        pytest.param(rig, marks=pytest.mark.slow),
+        rcig,
+    ],
+    ids=lambda f: f.__name__,
+)
 def test_meta_gradient_matches_finite_differences_of_the_bilevel_objective(make, x64):
     model, x_s, y_s, x_t, y_t = _tiny()
     l2 = jnp.asarray(2.0)  # strong enough that every inner problem is well conditioned
@@ -186,6 +195,7 @@ def test_meta_gradient_matches_finite_differences_of_the_bilevel_objective(make,
         assert abs(float(analytic - fd)) / abs(float(fd)) < 1e-6
 
 
+@pytest.mark.slow
 def test_rcig_meta_gradient_with_adam_quadratic_and_without_the_implicit_part(x64):
     """RCIG's default linear solver (AdamQuadratic) run long enough gives the exact (Dense)
     meta-gradient; dropping the implicit part (n_H = 0) changes it."""
