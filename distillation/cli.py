@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import signal
 import sys
 import time
 from pathlib import Path
+
+from distillation.interrupts import EXIT_STATUS as EXIT_INTERRUPTED
+from distillation.interrupts import InterruptGuard
 
 METHODS = ("random", "vig", "cig", "rig", "rcig", "frepo")
 LINEAR_SOLVERS = ("adam", "cg", "neumann", "dense")
@@ -78,7 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="output folder (default: runs/<dataset>-<method>-ipc<N>-seed<S>)",
     )
-    d.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    again = d.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume", action="store_true", help="continue the run whose checkpoint is in --out"
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard the checkpoint and outputs of an earlier run in --out and start over",
+    )
 
     e = sub.add_parser("evaluate", help="evaluate a distilled-set .npz with the paper's protocol")
     e.add_argument("file", type=Path, help="a distilled-set .npz (export format)")
@@ -161,7 +171,12 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
         "(default: 1000 when |S| > 1000)",
     )
     p.add_argument("--float64-solve", action="store_true", help="|S|×|S| solve in float64")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=100)
+    p.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=100,
+        help="write a checkpoint every N iterations (default 100; also at the end and on a signal)",
+    )
     p.add_argument(
         "--eval-models",
         type=_nonneg_int,
@@ -181,7 +196,12 @@ def _is_small(dataset) -> bool:
 
 
 def _resolve(args, dataset) -> dict:
-    """Fill dataset-dependent defaults; returns the run's settings (recorded in the export)."""
+    """Fill dataset-dependent defaults; returns the run's settings (recorded in the export).
+
+    Only settings that can change the computation are here: ``--resume`` compares exactly these
+    (with the method and seed). ``--checkpoint-every``, ``--out``, ``--no-progress`` and the
+    ``--eval-*`` settings are free to change between an interrupted run and its resumption.
+    """
     small = _is_small(dataset)
     n_support = args.ipc * dataset.num_classes
     settings = {
@@ -199,7 +219,6 @@ def _resolve(args, dataset) -> dict:
         "flip": (not dataset.grayscale) if args.flip is None else args.flip,
         "n_subset": args.n_subset or (1000 if n_support > 1000 else None),
         "float64_solve": args.float64_solve,
-        "checkpoint_every": args.checkpoint_every,
     }
     return settings
 
@@ -222,7 +241,7 @@ def _algorithm(method: str, s: dict):
     return ALGORITHMS[method](**kwargs)
 
 
-def _distill_config(s: dict):
+def _distill_config(s: dict, checkpoint_every: int):
     from distillation.distill import DistillConfig
 
     return DistillConfig(
@@ -234,7 +253,7 @@ def _distill_config(s: dict):
         n_subset=s["n_subset"],
         width=s["width"],
         depth=s["depth"],
-        checkpoint_every=s["checkpoint_every"],
+        checkpoint_every=checkpoint_every,
     )
 
 
@@ -250,25 +269,47 @@ def _eval_config(args, s: dict, models: int):
     )
 
 
-def _fingerprint(method: str, seed: int, s: dict) -> str:
-    text = json.dumps({"method": method, "seed": seed, **s}, sort_keys=True)
+def _run_settings(method: str, seed: int, s: dict) -> dict:
+    """What identifies a run's computation: recorded in its checkpoint, compared on --resume."""
+    return {"method": method, "seed": seed, **s}
+
+
+def _fingerprint(settings: dict) -> str:
+    text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_one(args, dataset, method: str, seed: int, out: Path, resume: bool, eval_models: int):
-    """Distil (or draw the random subset), export, evaluate; returns the metrics dict."""
+def run_one(
+    args,
+    dataset,
+    method: str,
+    seed: int,
+    out: Path,
+    resume: bool,
+    eval_models: int,
+    interrupts: InterruptGuard,
+):
+    """Distil (or draw the random subset), export, evaluate; returns the metrics dict.
+
+    ``out`` must be open (:func:`~distillation.run_folder.open_run_folder`: checked, locked).
+    """
     import jax
 
     import bilevel
-    from distillation.distill import Interrupted, distill, random_subset
+    from distillation.checkpoint import read_checkpoint_meta
+    from distillation.distill import check_resumable, distill, random_subset
     from distillation.evaluate import evaluate_support
     from distillation.export import save_curves, save_distilled, save_image_grid, save_metrics
 
     s = _resolve(args, dataset)
+    settings = _run_settings(method, seed, s)
+    fingerprint = _fingerprint(settings)
+    meta = read_checkpoint_meta(out) if resume and method != "random" else None
+    if meta is not None:  # before anything is traced or compiled
+        check_resumable(out, meta, fingerprint, settings)
     if s["float64_solve"]:
         jax.config.update("jax_enable_x64", True)
     key = jax.random.key(seed)
-    out.mkdir(parents=True, exist_ok=True)
     history, seconds, steps_done, steps_run = [], 0.0, 0, 0
     if method == "random":
         support = random_subset(
@@ -279,35 +320,37 @@ def run_one(args, dataset, method: str, seed: int, out: Path, resume: bool, eval
             key=jax.random.split(key)[0],
         )
         flip = False
+        interrupts.set_phase("exporting")
     else:
-        algorithm = _algorithm(method, s)
-        config = _distill_config(s)
-        try:
-            result = distill(
-                dataset.x_train,
-                dataset.y_train,
-                dataset.num_classes,
-                algorithm,
-                args.ipc,
-                config,
-                key=key,
-                checkpoint_dir=out,
-                resume=resume,
-                fingerprint=_fingerprint(method, seed, s),
-                progress=not args.no_progress,
-            )
-        except Interrupted as exc:
-            print(f"\n{exc}", file=sys.stderr)
-            raise SystemExit(130) from None
+        result = distill(
+            dataset.x_train,
+            dataset.y_train,
+            dataset.num_classes,
+            _algorithm(method, s),
+            args.ipc,
+            _distill_config(s, args.checkpoint_every),
+            key=key,
+            checkpoint_dir=out,
+            resume=resume,
+            fingerprint=fingerprint,
+            settings=settings,
+            progress=not args.no_progress,
+            interrupts=interrupts,
+        )
         support, history, seconds, steps_done, steps_run = (
             result.support,
             result.history,
-            result.seconds,
+            result.total_seconds,
             result.steps,
             result.steps_run,
         )
         flip = s["flip"]
-    config_record = {"method": method, "seed": seed, "library_version": bilevel.__version__, **s}
+        interrupts.set_phase(
+            "exporting",
+            f"the run's checkpoint (step {steps_done}) in {out} is kept; run the same command "
+            "with --resume to export and evaluate it",
+        )
+    config_record = {**settings, "library_version": bilevel.__version__}
     npz = save_distilled(
         out / "distilled.npz",
         support.images,
@@ -323,12 +366,14 @@ def run_one(args, dataset, method: str, seed: int, out: Path, resume: bool, eval
     curves = save_curves(out / "curves.png", history, f"{method} on {args.dataset}, {args.ipc} ipc")
     metrics = {
         **config_record,
+        # Wall-clock time of the whole run, summed over its resumed segments.
         "distill_seconds": seconds,
-        "seconds_per_step": seconds / steps_run if steps_run else None,
+        "seconds_per_step": seconds / steps_done if steps_done else None,
         "steps_done": steps_done,
         "final": history[-1] if history else None,
     }
     if eval_models > 0:
+        interrupts.set_phase("evaluating")
         print(f"evaluating with {eval_models} fresh ConvNets (width {s['width']}) ...", flush=True)
         t0 = time.perf_counter()
         res = evaluate_support(
@@ -348,6 +393,11 @@ def run_one(args, dataset, method: str, seed: int, out: Path, resume: bool, eval
             "seconds": time.perf_counter() - t0,
         }
         print(f"test accuracy: {res}")
+    elif resume and steps_run == 0:  # a finished run exported again: keep its evaluation
+        previous = _read_json(out / "metrics.json")
+        if isinstance(previous.get("eval"), dict):
+            metrics["eval"] = previous["eval"]
+    interrupts.set_phase("writing metrics")
     save_metrics(out / "metrics.json", metrics)
     print(
         f"outputs: {npz}  {png}" + (f"  {curves}" if curves else "") + f"  {out / 'metrics.json'}"
@@ -355,37 +405,64 @@ def run_one(args, dataset, method: str, seed: int, out: Path, resume: bool, eval
     return metrics
 
 
-def cmd_distill(args) -> int:
-    from distillation.data import load_dataset
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
-    dataset = load_dataset(args.dataset)
-    small = _is_small(dataset)
-    out = (
-        args.out
-        or Path("runs") / f"{Path(args.dataset).name}-{args.method}-ipc{args.ipc}-seed{args.seed}"
-    )
-    if args.resume and not (out / "checkpoint.json").exists():
-        print(f"--resume: no checkpoint in {out}; starting from scratch", file=sys.stderr)
-    eval_models = args.eval_models if args.eval_models is not None else (3 if small else 5)
-    run_one(args, dataset, args.method, args.seed, out, args.resume, eval_models)
+
+def _default_out(args) -> Path:
+    return Path("runs") / f"{Path(args.dataset).name}-{args.method}-ipc{args.ipc}-seed{args.seed}"
+
+
+def cmd_distill(args, interrupts: InterruptGuard) -> int:
+    from distillation.checkpoint import read_checkpoint_meta
+    from distillation.data import load_dataset
+    from distillation.run_folder import open_run_folder
+
+    out = args.out or _default_out(args)
+    # Before any data is loaded or anything compiled: writable, not in use, not another run's.
+    with open_run_folder(out, resume=args.resume, overwrite=args.overwrite):
+        meta = read_checkpoint_meta(out) if args.resume else None
+        if args.resume and meta is None:
+            print(f"rcig: --resume: no checkpoint in {out}; starting from scratch", file=sys.stderr)
+        kept = (
+            f"the checkpoint at step {meta.get('step')} in {out} is kept; run the same command "
+            "with --resume to continue"
+            if meta is not None
+            else None
+        )
+        interrupts.set_phase("loading the data", kept)
+        dataset = load_dataset(args.dataset)
+        small = _is_small(dataset)
+        eval_models = args.eval_models if args.eval_models is not None else (3 if small else 5)
+        run_one(args, dataset, args.method, args.seed, out, args.resume, eval_models, interrupts)
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
     import jax
 
     from distillation.data import load_raw
     from distillation.evaluate import EvalConfig, evaluate_support
     from distillation.export import load_distilled
 
+    interrupts.set_phase("loading the data")
     distilled = load_distilled(args.file)
     raw = load_raw(args.dataset)
-    x_test = distilled.preprocessor(raw.x_test)  # the file's own preprocessing
     if distilled.num_classes != len(raw.class_names):
         raise ValueError(
             f"{args.file} has {distilled.num_classes} classes but {args.dataset!r} has "
             f"{len(raw.class_names)}."
         )
+    if distilled.images.shape[1:] != raw.x_test.shape[1:]:
+        raise ValueError(
+            f"{args.file} holds images of shape {distilled.images.shape[1:]} but "
+            f"{args.dataset!r} has images of shape {raw.x_test.shape[1:]}."
+        )
+    x_test = distilled.preprocessor(raw.x_test)  # the file's own preprocessing
     small = min(x_test.shape[1:3]) < 28
     config = EvalConfig(
         models=args.models,
@@ -394,6 +471,7 @@ def cmd_evaluate(args) -> int:
         depth=args.depth,
         steps=args.steps,
     )
+    interrupts.set_phase("evaluating")
     result = evaluate_support(
         distilled.images,
         distilled.labels,
@@ -410,10 +488,11 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_ablate(args) -> int:
+def cmd_ablate(args, interrupts: InterruptGuard) -> int:
     import numpy as np
 
     from distillation.data import load_dataset
+    from distillation.run_folder import check_writable, open_run_folder
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -423,27 +502,24 @@ def cmd_ablate(args) -> int:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}.") from None
+    name = Path(args.dataset).name
+    out = args.out or Path("runs") / f"ablate-{name}-ipc{args.ipc}"
+    check_writable(out)  # before any data is loaded or anything compiled
+    interrupts.set_phase("loading the data")
     dataset = load_dataset(args.dataset)
     small = _is_small(dataset)
     eval_models = args.eval_models if args.eval_models is not None else (3 if small else 5)
-    name = Path(args.dataset).name
-    out = args.out or Path("runs") / f"ablate-{name}-ipc{args.ipc}"
     rows = {}
     for method in methods:
         runs = []
         for seed in seeds:
             print(f"== {method}, seed {seed}", flush=True)
-            runs.append(
-                run_one(
-                    args,
-                    dataset,
-                    method,
-                    seed,
-                    out / f"{method}-seed{seed}",
-                    resume=True,
-                    eval_models=eval_models,
+            folder = out / f"{method}-seed{seed}"
+            # Each run resumes from its checkpoint, if any (an interrupted ablation continues).
+            with open_run_folder(folder, resume=True, overwrite=False):
+                runs.append(
+                    run_one(args, dataset, method, seed, folder, True, eval_models, interrupts)
                 )
-            )
         rows[method] = runs
     s = _resolve(args, dataset)
     lines = [
@@ -494,38 +570,40 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         argv = ["distill"]  # the bundled default, end to end
     args = parser.parse_args(argv)
-
-    def terminate(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, terminate)  # a kill before distillation starts
-    except ValueError:  # not the main thread
-        previous = None
-    try:
-        if args.command == "distill":
-            return cmd_distill(args)
-        if args.command == "evaluate":
-            return cmd_evaluate(args)
-        if args.command == "ablate":
-            return cmd_ablate(args)
-    except ImportError as exc:
-        print(
-            f"rcig: missing dependency ({exc}); install with: pip install 'rcig[distill]'",
-            file=sys.stderr,
-        )
-        return 1
-    except ValueError as exc:
-        print(f"rcig: error: {exc}", file=sys.stderr)
+    commands = {"distill": cmd_distill, "evaluate": cmd_evaluate, "ablate": cmd_ablate}
+    if args.command not in commands:
+        parser.print_help()
         return 2
-    except KeyboardInterrupt:
-        print("rcig: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    parser.print_help()
-    return 2
+    from distillation.checkpoint import RunFailed
+    from distillation.distill import Interrupted
+
+    # One SIGTERM / Ctrl-C handling for the whole command (distillation/interrupts.py).
+    with InterruptGuard("rcig") as interrupts:
+        try:
+            return commands[args.command](args, interrupts)
+        except ImportError as exc:
+            print(
+                f"rcig: missing dependency ({exc}); install with: pip install 'rcig[distill]'",
+                file=sys.stderr,
+            )
+            return 1
+        except ValueError as exc:
+            print(f"rcig: error: {exc}", file=sys.stderr)
+            return 2
+        except Interrupted as exc:
+            print(f"rcig: {exc}", file=sys.stderr)
+            interrupts.set_done()
+            return EXIT_INTERRUPTED
+        except KeyboardInterrupt:  # only where no guard could be installed (not the main thread)
+            print("rcig: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except RunFailed as exc:
+            print(f"rcig: error: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:  # a disk that fills up or goes away during the run
+            where = f" ({exc.filename})" if exc.filename else ""
+            print(f"rcig: error: {exc.strerror or exc}{where}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

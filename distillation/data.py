@@ -22,6 +22,7 @@ import dataclasses
 import gzip
 import io
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -150,10 +151,9 @@ def load_dataset(
 
     Raises:
         ValueError: unknown dataset, missing split, mixed image sizes, non-integer labels,
-            NaN in the data.
+            NaN in the data, and the other checks of :func:`load_raw`.
     """
     raw = load_raw(name_or_path)
-    _check_raw(raw, name_or_path)
     use_zca = (raw.x_train.shape[-1] == 3) if zca is None else zca
     pre = fit_preprocessor(raw.x_train, use_zca, zca_strength)
     return ImageDataset(
@@ -168,9 +168,23 @@ def load_dataset(
 
 
 def load_raw(name_or_path: str) -> RawSplits:
-    """Images in ``[0, 1]`` and integer labels, without preprocessing."""
+    """Images in ``[0, 1]`` and integer labels, without preprocessing, checked at the boundary.
+
+    Raises:
+        ValueError: in one line naming the file or field: an unknown or unreadable source, a
+            missing split, images and labels of different lengths, an empty split, images
+            outside the documented range (uint8 0–255, or floats in [0, 1]) or not finite,
+            labels that are negative, not integers, or out of range for the class names, fewer
+            than two classes, a file that is not an ``.npz`` (no pickle is ever loaded).
+    """
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ValueError(f"dataset must be a non-empty string, got {name_or_path!r}.")
+    raw = _load_source(name_or_path)
+    _check_raw(raw, name_or_path)
+    return raw
+
+
+def _load_source(name_or_path: str) -> RawSplits:
     if name_or_path == "digits":
         return _load_digits()
     path = Path(name_or_path).expanduser()
@@ -235,7 +249,13 @@ def _read_idx(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: not an IDX file (bad magic number).")
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    body = np.frombuffer(data, np.uint8, offset=min(4 + 4 * ndim, len(data)))
+    if body.size != int(np.prod(dims)):
+        raise ValueError(
+            f"{path}: a truncated or damaged IDX file (its header says {dims}, "
+            f"{int(np.prod(dims))} values, but it holds {body.size})."
+        )
+    return body.reshape(dims)
 
 
 def _find(path: Path, patterns: tuple[str, ...], what: str) -> Path:
@@ -260,29 +280,96 @@ def _load_idx(path: Path) -> RawSplits:
     )
 
 
+def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz``, read without pickle (``what``: what the file should be, for
+    messages).
+
+    Raises:
+        ValueError: the file is not an ``.npz`` (a zip of ``.npy`` arrays), or holds an array of
+            Python objects (which only pickle could read, and which is never read).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the file ({exc.strerror or exc}).") from None
+    if magic != b"PK\x03\x04":
+        raise ValueError(
+            f"{path}: not an .npz file (expected a zip archive of .npy arrays, as written by "
+            f"numpy.savez), so it cannot be {what}."
+        )
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for key in data.files:
+                try:
+                    arrays[key] = data[key]
+                except ValueError as exc:
+                    if "Object arrays" not in str(exc):
+                        raise
+                    raise ValueError(  # numpy cannot read an object array without pickle
+                        f"{path}: `{key}` is an array of Python objects, which is not read (it "
+                        "would need pickle); store numbers (uint8, integers, floats) instead."
+                    ) from None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        if str(exc).startswith(f"{path}: "):
+            raise
+        # numpy's own words may advise allow_pickle (unsafe, and wrong here): never repeated.
+        detail = type(exc).__name__ if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
+        raise ValueError(
+            f"{path}: a damaged .npz file ({detail}); write it again with numpy.savez."
+        ) from None
+    return arrays
+
+
 def _load_npz(path: Path) -> RawSplits:
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data]
-        if missing:
-            raise ValueError(
-                f"{path}: missing split arrays {missing}; "
-                "expected x_train, y_train, x_test, y_test."
-            )
-        arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    xs = []
-    for k in ("x_train", "x_test"):
-        x = arrays[k]
-        if x.ndim == 3:
-            x = x[..., None]
-        if x.ndim != 4:
-            raise ValueError(f"{path}: {k} must be (N, H, W) or (N, H, W, C), got {x.shape}.")
-        if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
-            raise ValueError(f"{path}: {k} contains NaN values.")
-        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-        xs.append(x)
-    labels = [_as_int_labels(arrays[k], f"{path}:{k}") for k in ("y_train", "y_test")]
-    n_classes = int(max(labels[0].max(), labels[1].max())) + 1
+    data = read_npz(path, "read as a dataset")
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data]
+    if missing:
+        raise ValueError(
+            f"{path}: missing split arrays {missing}; expected x_train, y_train, x_test, y_test."
+        )
+    xs = [_images01(data[k], f"{path}: {k}") for k in ("x_train", "x_test")]
+    labels = [_as_int_labels(data[k], f"{path}: {k}") for k in ("y_train", "y_test")]
+    n_classes = int(max(labels[0].max(initial=0), labels[1].max(initial=0))) + 1
     return RawSplits(xs[0], labels[0], xs[1], labels[1], tuple(str(i) for i in range(n_classes)))
+
+
+def _images01(x: np.ndarray, where: str) -> np.ndarray:
+    """Images of an ``.npz`` in ``[0, 1]`` float32 ``(N, H, W, C)``: uint8 (or other integers)
+    0–255 are divided by 255; floats must already be in ``[0, 1]``."""
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(f"{where} must be (N, H, W) or (N, H, W, C), got shape {x.shape}.")
+    if x.dtype == bool or not (
+        np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
+    ):
+        raise ValueError(
+            f"{where} has dtype {x.dtype}; expected uint8 pixel values 0–255 or floats in [0, 1]."
+        )
+    if np.issubdtype(x.dtype, np.floating):
+        finite = np.isfinite(x)
+        if not finite.all():
+            kind = "NaN" if np.isnan(x).any() else "infinite"
+            raise ValueError(
+                f"{where} contains {kind} values ({int((~finite).sum())} of {x.size})."
+            )
+    if x.size:
+        lo, hi = x.min(), x.max()
+        if np.issubdtype(x.dtype, np.integer) and (lo < 0 or hi > 255):
+            raise ValueError(
+                f"{where} holds integers in [{lo}, {hi}]; expected pixel values 0–255."
+            )
+        if np.issubdtype(x.dtype, np.floating) and (lo < 0 or hi > 1):
+            raise ValueError(
+                f"{where} holds floats in [{lo:g}, {hi:g}]; expected floats in [0, 1] (divide "
+                "0–255 pixel values by 255, or store them as uint8)."
+            )
+    if np.issubdtype(x.dtype, np.integer):
+        return x.astype(np.float32) / 255.0
+    return x.astype(np.float32)
 
 
 def _as_int_labels(y: np.ndarray, where: str) -> np.ndarray:
@@ -366,8 +453,29 @@ def _load_hub(hub_id: str) -> RawSplits:
 
 def _load_imagefolder(path: Path) -> RawSplits:
     import datasets
+    from PIL import Image
 
-    dsd = datasets.load_dataset("imagefolder", data_dir=str(path))
+    extensions = {e.lower() for e in Image.registered_extensions()}
+    for split in ("train", "test"):
+        folder = path / split
+        if not folder.is_dir():
+            raise ValueError(f"{path}: missing split {split!r}: no folder {folder}.")
+        if not any(p.is_file() and p.suffix.lower() in extensions for p in folder.rglob("*")):
+            raise ValueError(
+                f"{folder}: no image files; expected {folder}/<class>/<image> (PNG, JPEG, ...)."
+            )
+    classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise ValueError(
+            f"{path / 'train'}: holds {len(classes)} class folder(s) {classes}; a classifier "
+            "needs at least two classes (one folder per class)."
+        )
+    try:
+        dsd = datasets.load_dataset("imagefolder", data_dir=str(path))
+    except Exception as exc:  # datasets' own errors name its internals, not the user's folder
+        raise ValueError(
+            f"{path}: not a readable ImageFolder tree ({type(exc).__name__}: {str(exc)[:200]})."
+        ) from None
     return _from_dataset_dict(dsd, str(path))
 
 
@@ -381,7 +489,12 @@ def _load_parquet(files: list[Path], root: Path) -> RawSplits:
             data_files[split] = chosen
     if "train" not in data_files:
         raise ValueError(f"{root}: missing split 'train': no parquet file named with 'train'.")
-    dsd = datasets.load_dataset("parquet", data_files=data_files)
+    try:
+        dsd = datasets.load_dataset("parquet", data_files=data_files)
+    except Exception as exc:  # a damaged parquet file: name the folder, not datasets' internals
+        raise ValueError(
+            f"{root}: unreadable parquet files ({type(exc).__name__}: {str(exc)[:200]})."
+        ) from None
     return _from_dataset_dict(dsd, str(root))
 
 
@@ -393,8 +506,8 @@ def _from_dataset_dict(dsd, where: str) -> RawSplits:
     train, test = dsd["train"], dsd["test"]
     image_col, label_col = _columns(train, where)
     class_names = _class_names(train, label_col)
-    x_tr = _images(train[image_col], f"{where}:train")
-    x_te = _images(test[image_col], f"{where}:test")
+    x_tr = _images(_undecoded(train, image_col), f"{where}:train")
+    x_te = _images(_undecoded(test, image_col), f"{where}:test")
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise ValueError(
             f"{where}: train images are {x_tr.shape[1:]} but test images are {x_te.shape[1:]}; "
@@ -434,14 +547,41 @@ def _class_names(ds, label_col: str):
     return None
 
 
-def _images(column, where: str) -> np.ndarray:
+def _undecoded(ds, image_col: str):
+    """The image column as ``{"bytes", "path"}`` items, so that each image is decoded here and
+    an unreadable one is reported with its file name."""
+    import datasets
+
+    if isinstance(ds.features[image_col], datasets.Image):
+        ds = ds.cast_column(image_col, datasets.Image(decode=False))
+    return ds[image_col]
+
+
+def _decode(item, where: str, index: int) -> np.ndarray:
     from PIL import Image
 
-    arrays = []
-    for item in column:
-        if isinstance(item, dict):  # undecoded image struct
-            item = Image.open(io.BytesIO(item["bytes"]))
-        arrays.append(np.asarray(item))
+    if not isinstance(item, dict):  # already decoded (a PIL image or an array)
+        return np.asarray(item)
+    name = item.get("path") or f"image {index}"
+    try:
+        data = item.get("bytes")
+        with Image.open(io.BytesIO(data) if data is not None else item["path"]) as image:
+            array = np.asarray(image)
+    except Exception as exc:  # PIL raises many kinds (UnidentifiedImageError, OSError, ...)
+        raise ValueError(
+            f"{where}: cannot read image {name} ({type(exc).__name__}: {exc})."
+        ) from None
+    if array.dtype != np.uint8:
+        raise ValueError(
+            f"{where}: image {name} has {array.dtype} pixels; expected 8-bit images (uint8)."
+        )
+    return array
+
+
+def _images(column, where: str) -> np.ndarray:
+    arrays = [_decode(item, where, i) for i, item in enumerate(column)]
+    if not arrays:
+        raise ValueError(f"{where}: no images.")
     shapes = {a.shape[:2] for a in arrays}
     if len(shapes) > 1:
         raise ValueError(
@@ -462,14 +602,40 @@ def _images(column, where: str) -> np.ndarray:
 
 
 def _check_raw(raw: RawSplits, where: str) -> None:
-    for name in ("x_train", "x_test"):
-        x = getattr(raw, name)
-        if np.isnan(x).any():
-            raise ValueError(f"{where}: {name} contains NaN values ({int(np.isnan(x).sum())}).")
+    """The checks every source passes (after its own, which name the field in the file)."""
+    for split in ("train", "test"):
+        x, y = getattr(raw, f"x_{split}"), getattr(raw, f"y_{split}")
         if len(x) == 0:
-            raise ValueError(f"{where}: {name} is empty.")
+            raise ValueError(f"{where}: x_{split} is empty.")
+        if len(x) != len(y):
+            raise ValueError(
+                f"{where}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels; "
+                "expected one label per image."
+            )
+        finite = np.isfinite(x)
+        if not finite.all():
+            raise ValueError(
+                f"{where}: x_{split} contains NaN or infinite values ({int((~finite).sum())})."
+            )
+        if x.min() < 0 or x.max() > 1:
+            raise ValueError(
+                f"{where}: x_{split} holds values in [{x.min():g}, {x.max():g}] after scaling; "
+                "expected images in [0, 1] (uint8 0–255 / 255)."
+            )
+        bad = (y < 0) | (y >= len(raw.class_names))
+        if bad.any():
+            raise ValueError(
+                f"{where}: y_{split} holds label {int(y[bad][0])}, outside the "
+                f"{len(raw.class_names)} classes (0 to {len(raw.class_names) - 1})."
+            )
     if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
         raise ValueError(
             f"{where}: train images are {raw.x_train.shape[1:]} but test images are "
             f"{raw.x_test.shape[1:]}; all images must have the same size."
+        )
+    present = np.unique(raw.y_train)
+    if len(present) < 2:
+        raise ValueError(
+            f"{where}: y_train holds a single class ({int(present[0])}); a classifier needs at "
+            "least two classes."
         )

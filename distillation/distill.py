@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
+import re
 import signal
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -25,8 +26,17 @@ import numpy as np
 import optax
 from jaxtyping import Array
 
-from bilevel.optax_util import optax_step
+from bilevel import optax_step
 from distillation.algorithms import Algorithm, LearningRates, SupportSet, meta_loss
+from distillation.checkpoint import (
+    RunFailed,
+    has_checkpoint,
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+    settings_mismatch,
+)
+from distillation.interrupts import InterruptGuard
 from distillation.models import Norm, conv_net
 from distillation.networks import Partitioned
 from distillation.pool import ModelPool, PoolState
@@ -427,19 +437,21 @@ def _seen_by_pool(support: SupportSet, sub_index, rest_index, config: DistillCon
 
 
 class Interrupted(Exception):
-    """Raised after a checkpoint was written because the run was interrupted."""
+    """Raised when the run was interrupted (after a checkpoint was written, when it had one)."""
 
 
 @dataclasses.dataclass
 class DistillResult:
-    """The learned support set, logged metrics, and the wall-clock seconds and number of
-    iterations of this call (a resumed call counts only the iterations it ran)."""
+    """The learned support set, the logged metrics, the wall-clock seconds and number of
+    iterations of this call (a resumed call counts only the iterations it ran), and the
+    wall-clock seconds of the whole run, summed over its resumed segments."""
 
     support: SupportSet
     history: list[dict[str, float]]
     seconds: float
     steps: int
     steps_run: int
+    total_seconds: float
     snapshots: list[Snapshot] = dataclasses.field(default_factory=list)
 
 
@@ -453,38 +465,35 @@ class Snapshot:
     support: SupportSet
 
 
-def _checkpoint_paths(directory: Path) -> tuple[Path, Path]:
-    return directory / "checkpoint.eqx", directory / "checkpoint.json"
+def check_resumable(
+    directory: Path,
+    meta: dict[str, Any],
+    fingerprint: str,
+    settings: dict[str, Any] | None,
+) -> None:
+    """Refuse a checkpoint made with other settings, naming each setting that differs.
 
-
-def save_checkpoint(directory: Path, state: DistillState, meta: dict[str, Any]) -> None:
-    """Write the full state atomically (a kill mid-write leaves the previous checkpoint)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ckpt, info = _checkpoint_paths(directory)
-    tmp = ckpt.with_suffix(".tmp")
-    eqx.tree_serialise_leaves(tmp, state)
-    tmp.replace(ckpt)
-    tmp_info = info.with_suffix(".tmp")
-    tmp_info.write_text(json.dumps(meta, indent=1))
-    tmp_info.replace(info)
-
-
-def load_checkpoint(
-    directory: Path, like: DistillState, fingerprint: str
-) -> tuple[DistillState, dict]:
-    ckpt, info = _checkpoint_paths(directory)
-    meta = json.loads(info.read_text())
-    if meta.get("fingerprint") != fingerprint:
-        raise ValueError(
-            f"--resume: the checkpoint in {directory} was made with different settings "
-            f"({meta.get('fingerprint')!r}) than this run ({fingerprint!r}); use another --out "
-            "or drop --resume."
-        )
-    return eqx.tree_deserialise_leaves(ckpt, like), meta
-
-
-def has_checkpoint(directory: Path) -> bool:
-    return all(p.exists() for p in _checkpoint_paths(directory))
+    Raises:
+        ValueError: ``"--resume: ... steps: 400 in the checkpoint vs 1000 now; ..."``.
+    """
+    if meta.get("fingerprint") == fingerprint:
+        return
+    saved = meta.get("settings")
+    differences = (
+        settings_mismatch(saved, settings)
+        if isinstance(saved, dict) and settings is not None
+        else []
+    )
+    detail = (
+        "; ".join(differences)
+        if differences
+        else f"fingerprint {meta.get('fingerprint')!r} vs {fingerprint!r} now"
+    )
+    raise ValueError(
+        f"--resume: the checkpoint in {directory} was made with other settings: {detail}. "
+        "Run with the checkpoint's settings to continue it, or start over with --overwrite or "
+        "another --out."
+    )
 
 
 def distill(
@@ -499,9 +508,11 @@ def distill(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     fingerprint: str = "",
+    settings: dict[str, Any] | None = None,
     progress: bool = True,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     snapshot_steps: Collection[int] = (),
+    interrupts: InterruptGuard | None = None,
 ) -> DistillResult:
     """Run Algorithm 1 for ``config.steps`` meta-iterations.
 
@@ -513,19 +524,32 @@ def distill(
         ipc: images per class of the support set.
         config: settings.
         key: PRNG key of the run (support initialisation, pool, batches).
-        checkpoint_dir: where checkpoints go (every ``config.checkpoint_every`` steps, and on
-            Ctrl-C / SIGTERM); ``None`` for none.
+        checkpoint_dir: where checkpoints go (every ``config.checkpoint_every`` steps, at the
+            end, and on Ctrl-C / SIGTERM); ``None`` for none. Each checkpoint commits the state
+            and the logged history together, atomically (:mod:`distillation.checkpoint`).
         resume: continue from the checkpoint in ``checkpoint_dir``. A resumed run ends in exactly
             the state of an uninterrupted one (the whole state, PRNG key included, is saved).
         fingerprint: a string identifying the settings; a checkpoint made with other settings
             is refused.
+        settings: the settings behind ``fingerprint`` (JSON-serialisable), recorded in the
+            checkpoint so that a refusal names each setting that differs.
         progress: show a progress bar with the current losses.
         on_log: called every ``config.log_every`` steps with ``(step, metrics)``.
         snapshot_steps: iteration counts after which to keep a copy of the support set, with the
             wall-clock time so far (for accuracy-against-time curves); ``0`` is the start.
+        interrupts: the command's :class:`~distillation.interrupts.InterruptGuard`: told when
+            the run holds steps not yet in a checkpoint (a signal then stops the run after the
+            step in flight, with a checkpoint). ``None`` (library use): SIGTERM is handled that
+            way while the loop runs, and Ctrl-C (``KeyboardInterrupt``) writes a checkpoint too.
 
     Returns:
-        The learned support set, the logged metrics, the wall-clock seconds spent in this call.
+        The learned support set, the logged metrics, the wall-clock seconds spent in this call
+        and in the whole run.
+
+    Raises:
+        Interrupted: after a signal or Ctrl-C (with the checkpoint written, when there is one).
+        RunFailed: the run diverged (NaN or infinity in a metric or in the state) or a solve
+            reported a failure (bilevel's result codes); the last good checkpoint is kept.
     """
     import time
 
@@ -535,6 +559,17 @@ def distill(
     y_train = np.asarray(y_train)
     if x_train.ndim != 4:
         raise ValueError(f"x_train must be (N, H, W, C), got shape {x_train.shape}.")
+    snapshot_steps = set(snapshot_steps)
+    bad = [s for s in snapshot_steps if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise ValueError(f"snapshot_steps must be integers >= 0, got {sorted(map(str, bad))}.")
+    meta: dict[str, Any] = {}
+    if resume and checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
+        meta = read_checkpoint_meta(checkpoint_dir) or {}
+        check_resumable(checkpoint_dir, meta, fingerprint, settings)
+    t0 = time.perf_counter()
+    if interrupts is not None:
+        interrupts.set_phase("compiling")
     k_support, k_state = jax.random.split(key)
     support = init_support(
         x_train, y_train, num_classes, ipc, key=k_support, init_temperature=config.init_temperature
@@ -542,35 +577,53 @@ def distill(
     pool = make_pool(x_train.shape[1:], num_classes, config)
     state = init_state(support, pool, config, key=k_state)
     history: list[dict[str, float]] = []
-    if resume and checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
-        state, meta = load_checkpoint(checkpoint_dir, state, fingerprint)
-        history = meta.get("history", [])
-
-    tuner = LearningRateTuner(every=config.tune_every)
-    step_fn = jax.jit(make_step(algorithm, pool, config), donate_argnums=0)
-    tune_fn = jax.jit(make_tune_step(algorithm, pool, config, tuner), donate_argnums=0)
-    tuning = tuner.every > 0 and algorithm.uses_learning_rates
-    x_dev = jnp.asarray(x_train)
-    y_dev = jax.nn.one_hot(jnp.asarray(y_train), num_classes, dtype=jnp.float32)
+    seconds_before, segments_before = 0.0, 0
+    if meta:
+        state, meta = load_checkpoint(checkpoint_dir, state)  # type: ignore[arg-type]
+        history = list(meta.get("history", []))
+        seconds_before = float(meta.get("seconds", 0.0))
+        segments_before = int(meta.get("segments", 1))
     start = int(state.step)
+    last_saved = start  # the state at `last_saved` steps is in a checkpoint (or is the start)
+
+    def kept() -> str:
+        if checkpoint_dir is None or not has_checkpoint(checkpoint_dir):
+            return "nothing was saved"
+        return f"the checkpoint at step {last_saved} in {checkpoint_dir} is kept"
 
     def checkpoint():
-        if checkpoint_dir is not None:
-            save_checkpoint(
-                checkpoint_dir,
-                state,
-                {"fingerprint": fingerprint, "step": int(state.step), "history": history},
-            )
+        nonlocal last_saved
+        if checkpoint_dir is None:
+            return
+        step = int(state.step)
+        record = {
+            "fingerprint": fingerprint,
+            "settings": settings,
+            "step": step,
+            "history": history,
+            "seconds": seconds_before + time.perf_counter() - t0,
+            "segments": segments_before + 1,
+        }
+        save_checkpoint(checkpoint_dir, state, record)
+        last_saved = step
+        if interrupts is not None:
+            interrupts.set_unsaved(False)
+            interrupts.set_phase(interrupts.phase, kept() + _RESUME_HINT)
 
     stop = {"signal": None}
 
     def on_signal(signum, frame):
         stop["signal"] = signum
 
-    try:  # finish the current step, then checkpoint and stop (main thread only)
-        previous = signal.signal(signal.SIGTERM, on_signal)
-    except ValueError:
-        previous = None
+    def stop_signal() -> int | None:
+        return interrupts.requested if interrupts is not None else stop["signal"]
+
+    previous = None
+    if interrupts is None:
+        try:  # finish the current step, then checkpoint and stop (main thread only)
+            previous = signal.signal(signal.SIGTERM, on_signal)
+        except ValueError:
+            previous = None
     bar = tqdm(
         total=config.steps,
         initial=start,
@@ -578,12 +631,7 @@ def distill(
         desc=algorithm.name,
         dynamic_ncols=True,
     )
-    snapshot_steps = set(snapshot_steps)
-    bad = [s for s in snapshot_steps if isinstance(s, bool) or not isinstance(s, int) or s < 0]
-    if bad:
-        raise ValueError(f"snapshot_steps must be integers >= 0, got {sorted(map(str, bad))}.")
     snapshots: list[Snapshot] = []
-    t0 = time.perf_counter()
 
     def snapshot(done: int):
         if done in snapshot_steps:
@@ -592,15 +640,46 @@ def distill(
 
     snapshot(start)
     try:
+        if start < config.steps:
+            if interrupts is not None:
+                interrupts.set_phase("compiling", kept() + (_RESUME_HINT if start else ""))
+            # Compiled ahead of time, so that the loop below only runs steps: a signal during
+            # compilation finds nothing unsaved and ends the process at once.
+            tuner = LearningRateTuner(every=config.tune_every)
+            tuning = tuner.every > 0 and algorithm.uses_learning_rates
+            x_dev = jnp.asarray(x_train)
+            y_dev = jax.nn.one_hot(jnp.asarray(y_train), num_classes, dtype=jnp.float32)
+            step_fn = (
+                jax.jit(make_step(algorithm, pool, config), donate_argnums=0)
+                .lower(state, x_dev, y_dev)
+                .compile()
+            )
+            if tuning:
+                tune_fn = (
+                    jax.jit(make_tune_step(algorithm, pool, config, tuner), donate_argnums=0)
+                    .lower(state, x_dev, y_dev)
+                    .compile()
+                )
+            if interrupts is not None:
+                interrupts.set_phase("distilling")
         for it in range(start, config.steps):
             if tuning and it % tuner.every == 0:
                 state = tune_fn(state, x_dev, y_dev)
             state, metrics = step_fn(state, x_dev, y_dev)
             done = it + 1
+            if interrupts is not None and checkpoint_dir is not None:
+                interrupts.set_unsaved(True)
             if done % config.log_every == 0 or done == config.steps:
                 row = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                not_finite = [k for k, v in row.items() if not math.isfinite(v)]
+                if not_finite:
+                    raise RunFailed(
+                        f"the run diverged at step {done}: "
+                        + ", ".join(f"{k} = {row[k]}" for k in not_finite)
+                        + " (NaN or overflow: a solve failed, or a learning rate is too large)."
+                    )
                 row["step"] = done
-                row["seconds"] = time.perf_counter() - t0
+                row["seconds"] = seconds_before + time.perf_counter() - t0
                 history.append(row)
                 bar.set_postfix(
                     outer=f"{row['outer_loss']:.3f}",
@@ -612,26 +691,66 @@ def distill(
                     on_log(done, row)
             bar.update(1)
             snapshot(done)
-            if done % config.checkpoint_every == 0:
+            if done % config.checkpoint_every == 0 or done == config.steps:
                 checkpoint()
-            if stop["signal"] is not None:
-                raise Interrupted(f"signal {stop['signal']}")
+            if stop_signal() is not None:
+                raise Interrupted()
     except (KeyboardInterrupt, Interrupted) as exc:
-        jax.block_until_ready(state)
-        checkpoint()
         bar.close()
-        where = f" in {checkpoint_dir}" if checkpoint_dir is not None else ""
-        raise Interrupted(
-            f"interrupted at step {int(state.step)}; checkpoint written{where}; "
-            "run the same command with --resume to continue"
-        ) from exc
+        saved_before = last_saved
+        try:
+            jax.block_until_ready(state)
+            if int(state.step) != last_saved:
+                checkpoint()
+        except RuntimeError:  # Ctrl-C inside a step: its donated input is gone, its output lost
+            pass
+        signum = stop_signal()
+        by = f" by {signal.Signals(signum).name}" if signum is not None else ""
+        written = last_saved != saved_before or (
+            isinstance(exc, Interrupted) and last_saved > start
+        )
+        if written:
+            raise Interrupted(
+                f"interrupted{by} at step {last_saved}; checkpoint written in {checkpoint_dir}"
+                + _RESUME_HINT
+            ) from exc
+        hint = _RESUME_HINT if checkpoint_dir is not None and last_saved > 0 else ""
+        raise Interrupted(f"interrupted{by} at step {last_saved}; {kept()}{hint}") from exc
+    except (RunFailed, jax.errors.JaxRuntimeError) as exc:
+        # A solve that reports failure (bilevel's result codes, throw=True) raises at run time
+        # from inside the step; say what failed, not where in XLA.
+        bar.close()
+        note = kept()
+        raise RunFailed(f"{_failure(exc)} {note[:1].upper()}{note[1:]}.") from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     bar.close()
     jax.block_until_ready(state)
     seconds = time.perf_counter() - t0
-    checkpoint()
-    return DistillResult(
-        state.support, history, seconds, int(state.step), int(state.step) - start, snapshots
+    # A resumed run that had nothing left to do keeps the time its checkpoint recorded.
+    total_seconds = (
+        seconds_before if meta and int(state.step) == start else seconds_before + seconds
     )
+    return DistillResult(
+        state.support,
+        history,
+        seconds,
+        int(state.step),
+        int(state.step) - start,
+        total_seconds,
+        snapshots,
+    )
+
+
+_RESUME_HINT = "; run the same command with --resume to continue"
+
+
+def _failure(exc: Exception) -> str:
+    """One line saying what failed: a :class:`RunFailed`'s message, or the solver's message
+    inside a ``JaxRuntimeError`` raised by ``bilevel``'s ``throw=True``."""
+    if isinstance(exc, RunFailed):
+        return str(exc)
+    found = re.search(r"EquinoxRuntimeError: (.+)", str(exc))
+    what = found.group(1).strip() if found else str(exc).strip().splitlines()[0]
+    return f"the run stopped: {what}."

@@ -12,15 +12,18 @@ Keys of ``distilled.npz``:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from distillation.data import Preprocessor
+from distillation.data import Preprocessor, read_npz
 
 REQUIRED_KEYS = ("images", "labels", "mean", "std")
 
@@ -68,9 +71,8 @@ def save_distilled(
     if preprocessor.zca_whitening is not None:
         arrays["zca_mean"] = np.asarray(preprocessor.zca_mean, np.float32)
         arrays["zca_whitening"] = np.asarray(preprocessor.zca_whitening, np.float32)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with _replaced_atomically(path) as temporary, open(temporary, "wb") as f:
+        np.savez(f, **arrays)
     return path
 
 
@@ -79,32 +81,90 @@ def load_distilled(path: str | Path) -> DistilledSet:
 
     Only ``images``, ``labels``, ``mean`` and ``std`` are required; ``labels`` may be integer
     class indices ``(N,)``, which are one-hot encoded.
+
+    Raises:
+        ValueError: in one line naming the file and the key: not an ``.npz``, a missing key,
+            arrays of the wrong shape or dtype, NaN or infinite values, negative or non-integer
+            class indices, labels that do not match the images one to one.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file (expected a distilled-set .npz).")
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in REQUIRED_KEYS if k not in data]
-        if missing:
-            raise ValueError(f"{path}: not a distilled-set file, missing keys {missing}.")
-        images = np.asarray(data["images"], np.float32)
-        labels = np.asarray(data["labels"])
-        if images.ndim == 3:
-            images = images[..., None]
-        if images.ndim != 4:
-            raise ValueError(f"{path}: images must be (N, H, W, C), got {images.shape}.")
-        if labels.ndim == 1:
-            labels = np.eye(int(labels.max()) + 1, dtype=np.float32)[labels.astype(np.int64)]
-        pre = Preprocessor(
-            np.asarray(data["mean"], np.float32).reshape(-1),
-            np.asarray(data["std"], np.float32).reshape(-1),
-            np.asarray(data["zca_mean"], np.float32) if "zca_mean" in data else None,
-            np.asarray(data["zca_whitening"], np.float32) if "zca_whitening" in data else None,
-        )
-        flip = bool(data["flip"]) if "flip" in data else False
-        log_t = float(data["log_temperature"]) if "log_temperature" in data else 0.0
+    data = read_npz(path, "read as a distilled set")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{path}: not a distilled-set file, missing keys {missing}.")
+    for key in (*REQUIRED_KEYS, "zca_mean", "zca_whitening", "log_temperature"):
+        if key in data:
+            _check_numeric(data[key], f"{path}: {key}")
+    images = np.asarray(data["images"], np.float32)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(f"{path}: images must be (N, H, W, C), got shape {images.shape}.")
+    labels = _labels(np.asarray(data["labels"]), len(images), f"{path}: labels")
+    channels = images.shape[-1]
+    mean = np.asarray(data["mean"], np.float32).reshape(-1)
+    std = np.asarray(data["std"], np.float32).reshape(-1)
+    for key, value in (("mean", mean), ("std", std)):
+        if value.shape not in ((channels,), (1,)):
+            raise ValueError(
+                f"{path}: {key} must hold one value per channel ({channels}), got shape "
+                f"{value.shape}."
+            )
+    if not (std > 0).all():
+        raise ValueError(f"{path}: std must be positive, got {std.tolist()}.")
+    zca_mean = zca = None
+    if ("zca_mean" in data) != ("zca_whitening" in data):
+        raise ValueError(f"{path}: zca_mean and zca_whitening must be given together.")
+    if "zca_whitening" in data:
+        dim = int(np.prod(images.shape[1:]))
+        zca_mean = np.asarray(data["zca_mean"], np.float32).reshape(-1)
+        zca = np.asarray(data["zca_whitening"], np.float32)
+        if zca_mean.shape != (dim,) or zca.shape != (dim, dim):
+            raise ValueError(
+                f"{path}: zca_mean {zca_mean.shape} and zca_whitening {zca.shape} must be "
+                f"({dim},) and ({dim}, {dim}) for images of shape {images.shape[1:]}."
+            )
+    pre = Preprocessor(mean, std, zca_mean, zca)
+    flip = bool(data["flip"]) if "flip" in data else False
+    log_t = float(data["log_temperature"]) if "log_temperature" in data else 0.0
+    try:
         config = json.loads(str(data["config"])) if "config" in data else {}
-    return DistilledSet(images, labels.astype(np.float32), pre, flip, log_t, config)
+    except ValueError:
+        raise ValueError(f"{path}: config is not a JSON string.") from None
+    return DistilledSet(images, labels, pre, flip, log_t, config)
+
+
+def _check_numeric(value: np.ndarray, where: str) -> None:
+    if value.dtype == bool or not (
+        np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)
+    ):
+        raise ValueError(f"{where} has dtype {value.dtype}; expected numbers.")
+    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+        raise ValueError(f"{where} contains NaN or infinite values.")
+
+
+def _labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
+    """``(N, K)`` float labels as they are, or integer class indices ``(N,)`` one-hot."""
+    if labels.ndim == 1:
+        if np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"{where}: 1-D labels must be integer class indices, got dtype {labels.dtype}."
+            )
+        if labels.size and labels.min() < 0:
+            raise ValueError(f"{where}: class indices must be >= 0, got {int(labels.min())}.")
+        num_classes = int(labels.max()) + 1 if labels.size else 0
+        labels = np.eye(num_classes, dtype=np.float32)[labels.astype(np.int64)]
+    if labels.ndim != 2:
+        raise ValueError(
+            f"{where}: expected (N, K) soft labels or (N,) class indices, got shape {labels.shape}."
+        )
+    if labels.shape[0] != n:
+        raise ValueError(f"{where}: {labels.shape[0]} labels for {n} images; expected one each.")
+    return labels.astype(np.float32)
 
 
 def image_grid(images01: np.ndarray, labels: np.ndarray, *, scale: int | None = None) -> np.ndarray:
@@ -139,7 +199,9 @@ def save_image_grid(
     # Distilled images can leave the data range; stretch per image to stay visible.
     lo = np.minimum(viewable.min(axis=(1, 2, 3), keepdims=True), 0.0)
     hi = np.maximum(viewable.max(axis=(1, 2, 3), keepdims=True), 1.0)
-    Image.fromarray(image_grid((viewable - lo) / (hi - lo), np.asarray(labels))).save(path)
+    grid = Image.fromarray(image_grid((viewable - lo) / (hi - lo), np.asarray(labels)))
+    with _replaced_atomically(path) as temporary:
+        grid.save(temporary, format="PNG")
     return Path(path)
 
 
@@ -167,11 +229,26 @@ def save_curves(path: str | Path, history: list[dict[str, float]], title: str = 
             ax.set_yscale("log")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with _replaced_atomically(path) as temporary:
+        fig.savefig(temporary, dpi=100, format="png")
     plt.close(fig)
     return Path(path)
 
 
 def save_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
-    Path(path).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    with _replaced_atomically(path) as temporary:
+        temporary.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return Path(path)
+
+
+@contextlib.contextmanager
+def _replaced_atomically(path: str | Path) -> Iterator[Path]:
+    """Write to a temporary file beside ``path``, then replace ``path`` by it in one step: a
+    process killed mid-write leaves the previous file, never a truncated one."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -1,14 +1,6 @@
 """Export round trip, the ``rcig`` command line, checkpoints and resume."""
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -20,8 +12,11 @@ from distillation.data import Preprocessor, load_dataset
 from distillation.distill import DistillConfig, Interrupted, distill
 from distillation.export import load_distilled, save_distilled
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
+TINY = [  # the plumbing, not the numbers: short inner and Hessian solves compile fast
+    "--n-inner",
+    "2",
+    "--n-hessian",
+    "2",
     "--width",
     "8",
     "--pool-size",
@@ -284,7 +279,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert np.array_equal(np.asarray(resumed.support.labels), np.asarray(full.support.labels))
     assert [h["step"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
     # A checkpoint made with other settings is refused.
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match="made with other settings"):
         distill(
             x,
             y,
@@ -298,50 +293,3 @@ def test_resume_equals_uninterrupted(tmp_path):
             fingerprint="other",
             progress=False,
         )
-
-
-@pytest.mark.slow
-def test_kill_leaves_resumable_checkpoint(tmp_path):
-    out = tmp_path / "killed"
-    args = [
-        "--steps",
-        "100000",
-        "--eval-models",
-        "0",
-        "--out",
-        str(out),
-        "--checkpoint-every",
-        "1000",
-        "--width",
-        "8",
-        "--pool-size",
-        "2",
-        "--target-batch",
-        "64",
-    ]
-    cmd = [sys.executable, "-m", "distillation.cli", "distill", *args]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    seen = []
-    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read1(256), b"")))
-    reader.start()
-    # Kill once the progress bar shows a few finished iterations.
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if re.search(rb"\| *([5-9]|\d\d+)/100000", b"".join(seen)):
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    reader.join(timeout=10)
-    err = b"".join(seen).decode(errors="replace")
-    assert proc.returncode == 130, err[-2000:]
-    assert "--resume" in err
-    meta = json.loads((out / "checkpoint.json").read_text())
-    assert meta["step"] >= 5
-    assert (out / "checkpoint.eqx").stat().st_size > 0
