@@ -98,6 +98,7 @@ def test_standard_network_offset_and_features(x64):
     assert rel_err(g + phi @ delta.head.weight + delta.head.bias[None, :], full) < 1e-12
 
 
+@pytest.mark.slow
 def test_wide_padding_layer_equals_plain_convolution(x64):
     """The 28-px layer's padding of 3 goes through an explicit zero pad (for XLA:CPU's fast
     kernels); values, gradients in weights and images, and forward-over-reverse derivatives must
@@ -257,6 +258,7 @@ def _digits():
     return x, d.target
 
 
+@pytest.mark.slow
 def test_step_compiles_once_and_distillation_lowers_outer_loss():
     x, y = _digits()
     config = DistillConfig(
@@ -301,6 +303,7 @@ def test_step_compiles_once_and_distillation_lowers_outer_loss():
     assert all(np.isfinite(float(v)) for v in metrics.values())
 
 
+@pytest.mark.slow
 def test_subsampled_backward_updates_only_the_drawn_images_and_flip_runs():
     x, y = _digits()
     config = DistillConfig(pool_size=2, target_batch=64, width=4, n_subset=4, flip=True)
