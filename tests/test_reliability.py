@@ -542,8 +542,11 @@ def test_random_kills_then_resume_end_bit_identical(tmp_path):
                 break
             if signum == signal.SIGKILL:
                 assert rc == -signal.SIGKILL, (kind, rc, err)
-            elif rc == -signum:  # before rcig's handling was installed (Python importing)
-                assert err == "", err
+            elif rc == -signum:
+                # Before rcig's handling is installed (Python still importing jax): the default
+                # action, silent for SIGTERM, Python's KeyboardInterrupt traceback for SIGINT.
+                # A documented gap (docs/reliability.md); nothing was computed, nothing is lost.
+                assert err == "" or err.rstrip().endswith("KeyboardInterrupt"), err
             else:
                 assert rc == 130, (kind, rc, err)
                 lines = [line for line in err.splitlines() if "interrupted" in line]
