@@ -454,7 +454,7 @@ def _env(cache: Path, **extra: str) -> dict[str, str]:
 
 
 def _start(out: Path, cwd: Path, env: dict[str, str], *extra: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "distillation.cli", "distill", *TINY, "--steps", str(STEPS)]
+    argv = [sys.executable, "-m", "rcig_cli", "distill", *TINY, "--steps", str(STEPS)]
     return subprocess.Popen(
         [*argv, "--out", str(out), *extra],
         cwd=cwd,
@@ -590,6 +590,38 @@ def test_random_kills_then_resume_end_bit_identical(tmp_path):
     assert metrics["steps_done"] == STEPS
     for key, value in expected.items():
         assert np.array_equal(_exported(out)[key], value), key
+
+
+@pytest.mark.slow
+def test_a_signal_while_python_imports_jax_exits_130_with_one_line(tmp_path):
+    """SIGINT / SIGTERM in the first seconds, while the launcher imports JAX: one line, status 130.
+
+    Before the launcher (``rcig_cli``) handled signals from its first line, a Ctrl-C there raised
+    ``KeyboardInterrupt`` inside JAX's import: seen here as an abort (-6, from C++), a segfault
+    (-11), an ``ImportError`` (1), or a swallowed interrupt and a run that went on to exit 0."""
+    import rcig_cli
+    from distillation.interrupts import EXIT_STATUS
+
+    assert rcig_cli.EXIT_STATUS == EXIT_STATUS
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Python starts in ~0.05 s; importing the command (JAX) takes ~2 s on this project's CPU.
+    delays = np.linspace(0.2, 1.2, 8)
+    while_starting = 0
+    for i, delay in enumerate(delays):
+        signum = (signal.SIGINT, signal.SIGTERM)[i % 2]
+        name = signal.Signals(signum).name
+        proc = _start(tmp_path / f"run{i}", tmp_path, env)
+        time.sleep(float(delay))
+        proc.send_signal(signum)
+        _, err_bytes = proc.communicate(timeout=120)
+        err = err_bytes.decode(errors="replace").strip()
+        assert proc.returncode == 130, (float(delay), name, proc.returncode, err)
+        # One line; "while starting" in the import window, the command's own line after it (a
+        # machine much faster than this one may be past the import at the longest delays).
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith(f"rcig: interrupted by {name} while "), err
+        while_starting += err == f"rcig: interrupted by {name} while starting; nothing was saved"
+    assert while_starting >= len(delays) // 2, while_starting
 
 
 @pytest.mark.slow
