@@ -210,6 +210,7 @@ def _digits():
     return ds.x_train, ds.y_train
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     x, y = _digits()
     config = DistillConfig(

@@ -29,7 +29,8 @@ def _partitioned(x, stored, chunk):
     return Partitioned(x[:stored], x[stored:], chunk=chunk)
 
 
-@pytest.mark.parametrize("chunk", [2, pytest.param(5, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", [2, 5])
 def test_remat_map_matches_a_single_batch_to_second_order(chunk, x64):
     model = conv_net((8, 8, 1), 3, key=jax.random.key(1), width=4, dtype=jnp.float64)
     net = LinearizedNetwork(model)
@@ -83,7 +84,8 @@ def test_map_batch_passes_plain_arrays_through_and_handles_an_empty_remat_part()
     assert jnp.array_equal(map_batch(jnp.cos, empty), jnp.cos(x))
 
 
-@pytest.mark.parametrize("make", [rcig, pytest.param(rig, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [rcig, rig])
 def test_subsampled_meta_gradient_is_the_full_one_on_the_drawn_images(make, x64):
     """Bias-free: the drawn images get exactly the gradient they get without subsampling.
 
