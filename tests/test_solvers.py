@@ -194,3 +194,66 @@ def test_traces_report_the_losses_of_a_solve(x64):
     assert bool(jnp.all(jnp.diff(info.loss_trace) < 0))
     _, info, _ = bilevel.OptaxMinimizer(optax.sgd(0.5), steps=30, tol=1e-3)(loss, jnp.zeros(2))
     assert int(info.steps) < 30 and bool(jnp.isnan(info.loss_trace[-1]))  # steps not taken
+
+
+def test_cg_recurrence_stopping_preconditioning_warm_start_and_failures(x64):
+    """Our CG: the documented 2-norm test, one matvec per step, a Jacobi preconditioner that
+    helps, a warm start, a zero entry in b, per-lane stopping under vmap, and each failure code."""
+    n = 60
+    a = _spd(n, cond=50.0)
+    x_true = jnp.asarray(np.random.default_rng(1).normal(size=n))
+    b = a @ x_true
+    calls = []
+
+    def counted(v):
+        calls.append(None)  # traced once per call site: counts matvecs in the program
+        return a @ v
+
+    sol = bilevel.CG(rtol=1e-10).solve(counted, b)
+    assert int(sol.result) == bilevel.RESULTS.successful
+    # The residual test is on ||A x - b|| ≤ rtol·||b||; the recurrence residual tracks the true
+    # one to ~κ·eps64 ≈ 1e-14 relative, far inside 1e-10 (the margin is for the drift).
+    assert float(sol.relative_residual) < 1e-9
+    assert rel_err(sol.value, x_true) < 1e-8
+    # Conjugate gradient in exact arithmetic ends within n steps; in float64 on κ = 50 it needs
+    # far fewer than the 10·n budget.
+    assert 0 < int(sol.steps) <= n
+    # One matvec in the loop body and one for the reported residual (`solve`); no others.
+    assert len(calls) == 2
+
+    # A zero entry in b does not stall it (a per-entry relative test would never be met).
+    b0 = b.at[0].set(0.0)
+    sol0 = bilevel.CG(rtol=1e-8).solve(lambda v: a @ v, b0)
+    assert int(sol0.result) == bilevel.RESULTS.successful and int(sol0.steps) <= n
+
+    # Jacobi preconditioning on a badly scaled SPD matrix: fewer steps, same answer.
+    d = jnp.asarray(np.logspace(0, 4, n))
+    scaled = d[:, None] * a * d[None, :]
+    plain = bilevel.CG(rtol=1e-8, max_steps=10 * n).solve(lambda v: scaled @ v, b)
+    jacobi = bilevel.CG(rtol=1e-8, preconditioner=lambda v: v / jnp.diag(scaled)).solve(
+        lambda v: scaled @ v, b
+    )
+    assert int(jacobi.result) == bilevel.RESULTS.successful
+    assert int(jacobi.steps) < int(plain.steps)
+    assert float(jacobi.relative_residual) < 1e-7
+
+    # Warm start at the answer: no step taken.
+    warm = bilevel.CG(rtol=1e-8).solve(lambda v: a @ v, b, init=sol.value)
+    assert int(warm.steps) == 0 and int(warm.result) == bilevel.RESULTS.successful
+
+    # vmap: each lane stops on its own test (a zero right-hand side takes no step).
+    bs = jnp.stack([b, jnp.zeros(n), 3.0 * b])
+    xs = jax.vmap(lambda rhs: bilevel.CG(rtol=1e-10)(lambda v: a @ v, rhs))(bs)
+    assert rel_err(xs[0], x_true) < 1e-8 and jnp.all(xs[1] == 0)
+    assert rel_err(xs[2], 3.0 * x_true) < 1e-8
+
+    # Failures: budget, indefinite operator, NaN.
+    short = bilevel.CG(rtol=1e-12, max_steps=3, throw=False).solve(lambda v: a @ v, b)
+    assert int(short.result) == bilevel.RESULTS.max_steps_reached and int(short.steps) == 3
+    indefinite = jnp.diag(jnp.asarray([1.0, -1.0, 2.0]))
+    bad = bilevel.CG(throw=False).solve(lambda v: indefinite @ v, jnp.asarray([1.0, 1.0, 0.0]))
+    assert int(bad.result) == bilevel.RESULTS.breakdown
+    nan = bilevel.CG(throw=False).solve(lambda v: a @ v * jnp.nan, b)
+    assert int(nan.result) == bilevel.RESULTS.nonfinite
+    with pytest.raises(Exception, match="broke down"):
+        bilevel.CG()(lambda v: indefinite @ v, jnp.asarray([1.0, 1.0, 0.0]))
