@@ -132,6 +132,7 @@ def test_distill_then_evaluate_json(tmp_path, capsys):
     assert result["acc_mean"] == pytest.approx(np.mean(result["accs"]))
 
 
+@pytest.mark.slow
 def test_evaluate_a_set_made_by_another_tool(tmp_path, capsys):
     """Integer labels, no config, no flip key: evaluable, and exactly as if the labels were
     one-hot (the same models, the same accuracies); evaluation is deterministic."""

@@ -224,21 +224,9 @@ def test_rcig_meta_gradient_with_adam_quadratic_and_without_the_implicit_part(x6
     assert rel_err(tree_ravel(direct_only), tree_ravel(exact)) > 1e-3
 
 
-# RCIG and FRePo in the fast suite (VIG, CIG and RIG also have the finite-difference oracle, slow).
-_SLOW = pytest.mark.slow
-
-
-@pytest.mark.parametrize(
-    "make",
-    [
-        pytest.param(vig, marks=_SLOW),
-        pytest.param(cig, marks=_SLOW),
-        pytest.param(rig, marks=_SLOW),
-        rcig,
-        frepo,
-    ],
-    ids=lambda f: f.__name__,
-)
+# Slow: the fast suite has RCIG's finite-difference oracle; this covers every factory's defaults.
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [vig, cig, rig, rcig, frepo], ids=lambda f: f.__name__)
 def test_every_algorithm_gives_finite_meta_gradient(make):
     """Every factory's defaults (float32, AdamQuadratic, unrolled loops) give a usable gradient;
     the step counts are cut to 4 so that the unrolled programs compile quickly."""

@@ -61,17 +61,24 @@ SCRIPT = textwrap.dedent(
 
     # 2. The whole step in float32: pool split over devices, target batch sharded inside the
     #    step. Only the first step's outer loss is compared: it is computed from the same state
-    #    on both sides, a mean of 64 per-example losses whose reordering moves it by at most
-    #    ~64 eps32 ≈ 8e-6 relative (1e-5 below). Later steps are not compared: Adam-type updates
-    #    divide by running gradient magnitudes, so after a step the states differ by far more
-    #    than the summation order, by an amount that depends on the CPU's kernels.
+    #    on both sides. Its error budget in float32: the mean of 64 per-example losses, whose
+    #    reordering moves it by at most ~64 eps32 ≈ 8e-6 relative, plus the per-example forward
+    #    passes and the inner solve, which XLA may compile with other kernels for a shard's
+    #    shapes (dot products of ≤ 3·3·8 = 72 terms per layer, a few layers and a few Adam
+    #    steps: a few hundred eps32 at worst). 1e-4 ≈ 840 eps32 covers both on any CPU, while
+    #    a lost or doubled shard of 16 differently-labelled examples moves the mean far more.
+    #    Later steps are not compared: Adam-type updates divide by running gradient magnitudes,
+    #    so after a step the states differ by far more than the rounding, by an amount that
+    #    depends on the CPU.
     step_single = jax.jit(make_step(algorithm, pool, config))
     step_sharded = jax.jit(make_step(algorithm, pool, config, mesh=mesh))
     s4 = shard_state(state, mesh)
     assert len(s4.pool.ages.sharding.device_set) == 4
     s1, m1 = step_single(state, x, y)
     s4, m4 = step_sharded(s4, x, y)
-    np.testing.assert_allclose(float(m1["outer_loss"]), float(m4["outer_loss"]), rtol=1e-5)
+    loss1, loss4 = float(m1["outer_loss"]), float(m4["outer_loss"])
+    print(f"first-step outer loss: relative difference {abs(loss1 - loss4) / abs(loss1):.2e}")
+    np.testing.assert_allclose(loss1, loss4, rtol=1e-4)
     assert len(s4.pool.ages.sharding.device_set) == 4  # the pool stays split after a step
     assert int(s4.step) == int(s1.step) == 1
     assert bool(jnp.all(jnp.isfinite(s4.support.images)))
