@@ -13,7 +13,8 @@ Public names:
   :func:`make_tune_step`, :func:`init_state`, :func:`init_support`, :func:`random_subset`,
   :func:`make_pool`, :func:`meta_optimizer`.
 * Data, evaluation, export: :func:`load_dataset`, :class:`ImageDataset`, :class:`Preprocessor`,
-  :class:`EvalConfig`, :func:`evaluate_support`, :func:`save_distilled`, :func:`load_distilled`.
+  :class:`EvalConfig`, :func:`evaluate_support`, :func:`save_distilled`, :func:`load_distilled`,
+  :func:`import_official` and :func:`read_flax_msgpack` (the authors' released checkpoints).
 """
 
 from distillation.algorithms import (
@@ -60,6 +61,7 @@ from distillation.objectives import (
     mean_squared_error,
     platt_cross_entropy,
 )
+from distillation.official import import_official, read_flax_msgpack
 from distillation.pool import ModelPool
 from distillation.tuning import LearningRateTuner
 
@@ -90,6 +92,7 @@ __all__ = [
     "dsa_augment",
     "evaluate_support",
     "frepo",
+    "import_official",
     "init_state",
     "init_support",
     "linearize",
@@ -103,6 +106,7 @@ __all__ = [
     "meta_loss",
     "meta_optimizer",
     "platt_cross_entropy",
+    "read_flax_msgpack",
     "random_subset",
     "rcig",
     "remat_map",

@@ -109,6 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_args(e)
 
+    o = sub.add_parser(
+        "import-official",
+        help="convert a checkpoint of the authors' released RCIG code to a distilled-set .npz",
+    )
+    o.add_argument("checkpoint", type=Path, help="an official flax msgpack checkpoint file")
+    o.add_argument("--dataset", required=True, help="the dataset it was distilled from")
+    o.add_argument("--out", type=Path, required=True, help="the .npz to write")
+    o.add_argument(
+        "--raw",
+        action="store_true",
+        help="take 'params' (the set as optimised) instead of 'ema_average' (what the "
+        "official eval.py evaluates; the default)",
+    )
+    o.add_argument(
+        "--flip",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="train on mirrors too when evaluating (auto: yes for RGB, as the official CIFAR "
+        "config; no for grayscale, as its MNIST config)",
+    )
+
     a = sub.add_parser("ablate", help="several methods under the same budget: Table 1's ablation")
     _add_distill_args(a, ablate=True)
     a.add_argument(
@@ -488,6 +509,35 @@ def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
     return 0
 
 
+def cmd_import_official(args, interrupts: InterruptGuard) -> int:
+    from distillation.data import load_dataset
+    from distillation.official import import_official, official_support, read_flax_msgpack
+
+    if not args.checkpoint.is_file():
+        raise ValueError(f"{args.checkpoint}: no such file (an official RCIG checkpoint).")
+    if args.out.suffix != ".npz":
+        raise ValueError(f"--out {args.out}: expected a path ending in .npz.")
+    # The checkpoint is checked before the (longer) loading of the dataset.
+    official_support(
+        read_flax_msgpack(args.checkpoint), ema=not args.raw, where=str(args.checkpoint)
+    )
+    interrupts.set_phase("loading the data")
+    dataset = load_dataset(args.dataset)  # its preprocessing: the images' model-input space
+    interrupts.set_phase("writing the export")
+    path = import_official(
+        args.checkpoint,
+        args.out,
+        dataset.preprocessor,
+        image_shape=dataset.image_shape,
+        num_classes=len(dataset.class_names),
+        ema=not args.raw,
+        flip={"auto": None, "yes": True, "no": False}[args.flip],
+        dataset=args.dataset,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_ablate(args, interrupts: InterruptGuard) -> int:
     import numpy as np
 
@@ -570,7 +620,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         argv = ["distill"]  # the bundled default, end to end
     args = parser.parse_args(argv)
-    commands = {"distill": cmd_distill, "evaluate": cmd_evaluate, "ablate": cmd_ablate}
+    commands = {
+        "distill": cmd_distill,
+        "evaluate": cmd_evaluate,
+        "import-official": cmd_import_official,
+        "ablate": cmd_ablate,
+    }
     if args.command not in commands:
         parser.print_help()
         return 2
