@@ -102,6 +102,7 @@ class AbstractLinearSolver(eqx.Module):
 
     def solve(self, matvec: Matvec, b: PyTree, init: PyTree | None = None) -> LinearSolution:
         """Solve and report: a :class:`LinearSolution` (one extra matvec for the residual)."""
+        _check_operator(matvec, b, init, type(self).__name__)
         x, result, steps = self._solve(matvec, b, init)
         residual = relative_residual(matvec, b, x)
         result = jnp.where(
@@ -111,10 +112,40 @@ class AbstractLinearSolver(eqx.Module):
 
     def __call__(self, matvec: Matvec, b: PyTree, init: PyTree | None = None) -> PyTree:
         """Return ``x`` with ``matvec(x) ≈ b`` (``init``: a warm start where supported)."""
+        _check_operator(matvec, b, init, type(self).__name__)
         x, result, _ = self._solve(matvec, b, init)
         if self._throws():
             x = raise_if_failed(x, result, type(self).__name__)
         return x
+
+
+def _describe(tree: PyTree) -> str:
+    shapes = [tuple(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
+    return f"{jax.tree_util.tree_structure(tree)} with shapes {shapes}"
+
+
+def _check_operator(matvec: Matvec, b: PyTree, init: PyTree | None, cls: str) -> None:
+    """``A x = b`` needs ``matvec`` to map a vector shaped like ``b`` to one shaped like ``b`` (and
+    a warm start shaped like ``b``): say so, naming both, instead of an error from inside JAX."""
+    like_b = jax.eval_shape(lambda: b)
+    out = jax.eval_shape(matvec, b)
+
+    def same(x: PyTree) -> bool:
+        if jax.tree_util.tree_structure(x) != jax.tree_util.tree_structure(like_b):  # type: ignore[operator]
+            return False
+        pairs = zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(like_b), strict=True)
+        return all(jnp.shape(u) == jnp.shape(v) for u, v in pairs)
+
+    if not same(out):
+        raise ValueError(
+            f"{cls}: the operator maps b ({_describe(like_b)}) to {_describe(out)}; a linear "
+            "solve needs matvec(v) shaped like v (the same pytree and array shapes)."
+        )
+    if init is not None and not same(jax.eval_shape(lambda: init)):
+        raise ValueError(
+            f"{cls}: the warm start init ({_describe(init)}) is not shaped like b "
+            f"({_describe(like_b)})."
+        )
 
 
 def _check_finite_nonnegative(name: str, value: Any, cls: str) -> None:

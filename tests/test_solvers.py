@@ -218,8 +218,9 @@ def test_cg_recurrence_stopping_preconditioning_warm_start_and_failures(x64):
     # Conjugate gradient in exact arithmetic ends within n steps; in float64 on κ = 50 it needs
     # far fewer than the 10·n budget.
     assert 0 < int(sol.steps) <= n
-    # One matvec in the loop body and one for the reported residual (`solve`); no others.
-    assert len(calls) == 2
+    # Traced three times: the shape check (`eval_shape`, nothing runs), the loop body, and the
+    # reported residual (`solve`). No other matvec: lineax's CG had one more every 10 steps.
+    assert len(calls) == 3
 
     # A zero entry in b does not stall it (a per-entry relative test would never be met).
     b0 = b.at[0].set(0.0)
@@ -257,3 +258,22 @@ def test_cg_recurrence_stopping_preconditioning_warm_start_and_failures(x64):
     assert int(nan.result) == bilevel.RESULTS.nonfinite
     with pytest.raises(Exception, match="broke down"):
         bilevel.CG()(lambda v: indefinite @ v, jnp.asarray([1.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("solve", all_linear_solvers())
+def test_an_operator_that_does_not_map_b_like_b_is_named(solve):
+    """A matvec whose output is not shaped like its input (a pytree leaf dropped, a wrong shape)
+    and a warm start not shaped like b: one ValueError naming both, not an error from JAX."""
+    b = {"a": jnp.ones(2), "b": jnp.ones(3)}
+    with pytest.raises(
+        ValueError,
+        match=r"maps b \(PyTreeDef\(\{'a': \*, 'b': \*\}\) with shapes \[\(2,\), \(3,\)\]\) "
+        r"to PyTreeDef\(\{'a': \*\}\)",
+    ):
+        solve(lambda v: {"a": v["a"]}, b)
+    with pytest.raises(
+        ValueError, match=r"with shapes \[\(3,\)\]\) to PyTreeDef\(\*\) with shapes \[\(2,\)\]"
+    ):
+        solve.solve(lambda v: v[:2], jnp.ones(3))
+    with pytest.raises(ValueError, match="warm start"):
+        solve(lambda v: v, jnp.ones(3), init=jnp.ones(4))
