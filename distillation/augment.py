@@ -1,6 +1,14 @@
-"""Differentiable Siamese Augmentation (DSA) transforms for evaluation, in JAX.
+"""Augmentations for evaluation, in JAX.
 
-The DSA set used by the paper's evaluation with augmentation: colour (brightness, saturation,
+* :func:`released_augment` (the default of ``rcig evaluate --augment``): the released code's
+  evaluation (``eval.py`` with ``augmax.get_aug_by_name``): every image gets **one** transform
+  drawn uniformly from flip (p = ½), colour (brightness ±0.25, contrast and saturation ×e^±0.25,
+  log-uniform), crop (zoom 0.8–1.25, log-uniform, random centre), rotate (±15°), translate (up to
+  1/8 of the size) and cutout (one square of a quarter of the size, zero); grayscale sets draw
+  from crop, rotate, translate and cutout (their ``test_aug`` for MNIST). Geometric transforms
+  resample bilinearly and repeat the edge pixels, as ``augmax`` does.
+* :func:`dsa_augment` (``--augment-style dsa``): the DSA set, every transform composed on every
+  image: colour (brightness, saturation,
 contrast), crop (random translation by up to 1/8 of the size, zero fill), rotate (±15°), scale
 (0.8–1.2), cutout (one square of half the size zeroed), and flip. Grayscale sets skip flip and
 colour. Every image of a batch draws its own parameters.
@@ -10,11 +18,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
 
-def _affine(image: Array, matrix: Array, shift: Array) -> Array:
-    """Resample ``image`` (H, W, C) at ``matrix @ (p − centre) + centre + shift``, zero fill."""
+def _affine(image: Array, matrix: Array, shift: Array, mode: str = "constant") -> Array:
+    """Resample ``image`` (H, W, C) at ``matrix @ (p − centre) + centre + shift``, zero fill
+    (``mode="constant"``) or the nearest edge pixel (``mode="nearest"``)."""
     h, w, c = image.shape
     ys, xs = jnp.meshgrid(
         jnp.arange(h, dtype=image.dtype), jnp.arange(w, dtype=image.dtype), indexing="ij"
@@ -24,7 +34,7 @@ def _affine(image: Array, matrix: Array, shift: Array) -> Array:
     src = matrix @ coords + centre[:, None] + shift[:, None]
 
     def channel(ch):
-        return jax.scipy.ndimage.map_coordinates(ch, [src[0], src[1]], order=1, cval=0.0)
+        return jax.scipy.ndimage.map_coordinates(ch, [src[0], src[1]], order=1, mode=mode, cval=0.0)
 
     out = jax.vmap(channel, in_axes=2, out_axes=1)(image)
     return out.reshape(h, w, c)
@@ -60,3 +70,72 @@ def dsa_augment(images: Array, *, key: PRNGKeyArray, grayscale: bool) -> Array:
     """Augment a batch ``(N, H, W, C)`` with independent DSA parameters per image."""
     keys = jax.random.split(key, images.shape[0])
     return jax.vmap(lambda im, k: _augment_one(im, k, grayscale))(images, keys)
+
+
+def _log_uniform(key, low: float, high: float, dtype) -> Array:
+    return jnp.exp(jax.random.uniform(key, (), dtype, jnp.log(low), jnp.log(high)))
+
+
+def _released_transforms(grayscale: bool):
+    """The released evaluation's transforms, each ``(image, key) -> image``."""
+
+    def flip(image, key):
+        return jnp.where(jax.random.bernoulli(key), image[:, ::-1], image)
+
+    def colour(image, key):
+        kb, kc, ks = jax.random.split(key, 3)
+        dtype = image.dtype
+        image = image + jax.random.uniform(kb, (), dtype, -0.25, 0.25)
+        mean = image.mean(keepdims=True)
+        image = (image - mean) * _log_uniform(
+            kc, float(np.exp(-0.25)), float(np.exp(0.25)), dtype
+        ) + mean
+        mean = image.mean(axis=-1, keepdims=True)
+        return (image - mean) * _log_uniform(
+            ks, float(np.exp(-0.25)), float(np.exp(0.25)), dtype
+        ) + mean
+
+    def crop(image, key):
+        kz, kc = jax.random.split(key)
+        h, w, _ = image.shape
+        zoom = _log_uniform(kz, 0.8, 1.25, image.dtype)
+        limit = jnp.abs(jnp.asarray([h, w], image.dtype) * (zoom - 1.0)) / 2
+        centre = jax.random.uniform(kc, (2,), image.dtype, -1.0, 1.0) * limit
+        return _affine(image, jnp.eye(2, dtype=image.dtype) / zoom, centre / zoom, "nearest")
+
+    def rotate(image, key):
+        angle = jax.random.uniform(key, (), image.dtype, -15.0, 15.0) * jnp.pi / 180
+        rot = jnp.asarray([[jnp.cos(angle), -jnp.sin(angle)], [jnp.sin(angle), jnp.cos(angle)]])
+        return _affine(image, rot, jnp.zeros(2, image.dtype), "nearest")
+
+    def translate(image, key):
+        h, w, _ = image.shape
+        limit = jnp.asarray([h, w], image.dtype) / 8
+        shift = jax.random.uniform(key, (2,), image.dtype, -1.0, 1.0) * limit
+        return _affine(image, jnp.eye(2, dtype=image.dtype), shift, "nearest")
+
+    def cutout(image, key):
+        h, w, _ = image.shape
+        sh, sw = h // 4, w // 4
+        y = jax.random.randint(key, (), 0, h - sh + 1)
+        x = jax.random.randint(jax.random.fold_in(key, 1), (), 0, w - sw + 1)
+        ys, xs = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+        inside = (ys >= y) & (ys < y + sh) & (xs >= x) & (xs < x + sw)
+        return jnp.where(inside[..., None], 0.0, image)
+
+    if grayscale:
+        return (crop, rotate, translate, cutout)
+    return (flip, colour, crop, rotate, translate, cutout)
+
+
+def released_augment(images: Array, *, key: PRNGKeyArray, grayscale: bool) -> Array:
+    """Augment a batch ``(N, H, W, C)`` the way the released evaluation does: one transform per
+    image, drawn uniformly from the set for colour or grayscale images (module docstring)."""
+    transforms = _released_transforms(grayscale)
+
+    def one(image, k):
+        k_pick, k_apply = jax.random.split(k)
+        which = jax.random.randint(k_pick, (), 0, len(transforms))
+        return jax.lax.switch(which, transforms, image, k_apply)
+
+    return jax.vmap(one)(images, jax.random.split(key, images.shape[0]))

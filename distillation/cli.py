@@ -16,7 +16,7 @@ from pathlib import Path
 from distillation.interrupts import EXIT_STATUS as EXIT_INTERRUPTED
 from distillation.interrupts import InterruptGuard
 
-METHODS = ("random", "vig", "cig", "rig", "rcig", "frepo")
+METHODS = ("random", "vig", "cig", "rig", "rcig", "rcig-paper", "frepo")
 LINEAR_SOLVERS = ("adam", "cg", "neumann", "dense")
 # Table 1 of the paper (n = 15, no augmentation at evaluation), for reference in outputs.
 PAPER_TABLE1 = {
@@ -48,6 +48,17 @@ def _int_at_least(lowest: int, what: str):
 
 _positive_int = _int_at_least(1, "a positive integer")
 _nonneg_int = _int_at_least(0, "an integer >= 0")
+
+
+def _decay(text: str) -> float:
+    """An argparse type: a moving-average decay in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a decay in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a decay in [0, 1), got {value}")
+    return value
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -94,7 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("file", type=Path, help="a distilled-set .npz (export format)")
     e.add_argument("--dataset", required=True, help="the dataset whose test split to use")
     e.add_argument("--models", type=_positive_int, default=5, help="models to train (default 5)")
-    e.add_argument("--augment", action="store_true", help="train with the DSA augmentations")
+    e.add_argument(
+        "--augment",
+        action="store_true",
+        help="train with augmentation (one random transform per image, as the released code)",
+    )
+    e.add_argument(
+        "--augment-style",
+        choices=("released", "dsa"),
+        default="released",
+        help="released: one transform per image (default); dsa: all DSA transforms composed",
+    )
     e.add_argument(
         "--steps",
         type=_positive_int,
@@ -157,7 +178,8 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
         "--steps",
         type=_nonneg_int,
         default=None,
-        help="meta-iterations (default: 300 for digits, else 1000)",
+        help="meta-iterations (default: the paper's Table 7, 15000 at 1 ipc, 10000 at 2-10, "
+        "5000 above; 300 for the bundled digits)",
     )
     _add_model_args(p)
     p.add_argument(
@@ -167,7 +189,33 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
         help="model pool size m (default 30; 10 for digits)",
     )
     p.add_argument("--reset-every", type=_positive_int, default=100, help="K (default 100)")
-    p.add_argument("--target-batch", type=_positive_int, default=256)
+    p.add_argument(
+        "--target-batch",
+        type=_positive_int,
+        default=1024,
+        help="real images per meta-iteration, drawn as shuffled epochs (default 1024)",
+    )
+    p.add_argument(
+        "--lr-tuning",
+        choices=("released", "probe", "none"),
+        default="released",
+        help="inner/Hessian learning rates: the released code's pre-round and schedule "
+        "(default), the paper text's probe, or fixed",
+    )
+    p.add_argument(
+        "--pool-steps",
+        type=_positive_int,
+        default=15,
+        help="pool training steps per selection drawn from 1..N (default 15, the released "
+        "code; 1 is the paper's Algorithm 1)",
+    )
+    p.add_argument(
+        "--ema",
+        type=_decay,
+        default=0.99,
+        help="decay of the support set's moving average, which is the result (default 0.99; "
+        "0: the last iterate)",
+    )
     p.add_argument("--n-inner", type=_nonneg_int, default=20)
     p.add_argument("--n-hessian", type=_nonneg_int, default=20)
     p.add_argument(
@@ -189,7 +237,7 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
         type=_positive_int,
         default=None,
         help="differentiate a random subset of this size per iteration "
-        "(default: 1000 when |S| > 1000)",
+        "(default: 2000 when |S| > 1000, with the flip strategy off, as the released config)",
     )
     p.add_argument("--float64-solve", action="store_true", help="|S|×|S| solve in float64")
     p.add_argument(
@@ -212,6 +260,12 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
+def table7_steps(ipc: int) -> int:
+    """The paper's Table 7 iteration counts: 15,000 at 1 ipc, 10,000 at 10, 5,000 at 50
+    (between: the count of the next listed size up)."""
+    return 15000 if ipc <= 1 else 10000 if ipc <= 10 else 5000
+
+
 def _is_small(dataset) -> bool:
     return min(dataset.image_shape[:2]) < 28
 
@@ -228,7 +282,9 @@ def _resolve(args, dataset) -> dict:
     settings = {
         "dataset": args.dataset,
         "ipc": args.ipc,
-        "steps": args.steps if args.steps is not None else (300 if small else 1000),
+        "steps": args.steps
+        if args.steps is not None
+        else (300 if small else table7_steps(args.ipc)),
         "width": args.width or (32 if small else 128),
         "depth": args.depth,
         "pool_size": args.pool_size or (10 if small else 30),
@@ -237,8 +293,11 @@ def _resolve(args, dataset) -> dict:
         "n_inner": args.n_inner,
         "n_hessian": args.n_hessian,
         "linear_solver": args.linear_solver,
-        "flip": (not dataset.grayscale) if args.flip is None else args.flip,
-        "n_subset": args.n_subset or (1000 if n_support > 1000 else None),
+        "flip": (not dataset.grayscale and n_support <= 1000) if args.flip is None else args.flip,
+        "n_subset": args.n_subset or (2000 if n_support > 1000 else None),
+        "lr_tuning": args.lr_tuning,
+        "pool_steps": args.pool_steps,
+        "ema": args.ema,
         "float64_solve": args.float64_solve,
     }
     return settings
@@ -270,6 +329,9 @@ def _distill_config(s: dict, checkpoint_every: int):
         pool_size=s["pool_size"],
         reset_every=s["reset_every"],
         target_batch=s["target_batch"],
+        lr_tuning=s.get("lr_tuning", "released"),
+        pool_max_steps=s.get("pool_steps", 15),
+        ema_decay=s.get("ema", 0.99),
         flip=s["flip"],
         n_subset=s["n_subset"],
         width=s["width"],
@@ -488,6 +550,7 @@ def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
     config = EvalConfig(
         models=args.models,
         augment=args.augment,
+        augment_style=args.augment_style,
         width=args.width or (32 if small else 128),
         depth=args.depth,
         steps=args.steps,
@@ -503,7 +566,8 @@ def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
         flip=distilled.flip,
         progress=not args.json,
     )
-    print(f"{args.file}: test accuracy {result} (augment={args.augment})")
+    style = f", {args.augment_style}" if args.augment else ""
+    print(f"{args.file}: test accuracy {result} (augment={args.augment}{style})")
     if args.json:
         print(json.dumps(result.as_dict()))
     return 0

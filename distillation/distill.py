@@ -17,7 +17,7 @@ import re
 import signal
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -27,7 +27,13 @@ import optax
 from jaxtyping import Array
 
 from bilevel import optax_step
-from distillation.algorithms import Algorithm, LearningRates, SupportSet, meta_loss
+from distillation.algorithms import (
+    Algorithm,
+    LearningRates,
+    SupportSet,
+    clip_to_direct,
+    meta_loss,
+)
 from distillation.checkpoint import (
     RunFailed,
     has_checkpoint,
@@ -37,32 +43,66 @@ from distillation.checkpoint import (
     settings_mismatch,
 )
 from distillation.interrupts import InterruptGuard
-from distillation.models import Norm, conv_net
+from distillation.models import Activation, Norm, conv_net, default_depth
 from distillation.networks import Partitioned
 from distillation.pool import ModelPool, PoolState
-from distillation.tuning import LearningRateTuner
+from distillation.tuning import (
+    LearningRateTuner,
+    classify_trace,
+    released_preround,
+    released_schedule,
+    solve_traces,
+)
+
+LrTuning = Literal["released", "probe", "none"]
 
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """Settings of a distillation run (parsed at the entry point; typed all the way down).
 
-    Defaults are the paper's (Section 4 / Appendix): m = 30, K = 100, AdaBelief 0.003 / 0.03,
-    ``λ = 0.0005·|S|``.
+    Defaults are the authors' released code's (``docs/fidelity.md`` lists each with its source):
+    m = 30 pool models trained with Adam 5e-5 for 1–15 steps per selection and renewed after
+    K = 100 steps, AdaBelief 0.003 / 0.03 on the support set, target batches of 1024 drawn as
+    shuffled epochs, ``λ = 0.0005 · (images learned)``, labels initialised to the centred one-hot,
+    temperature 1, an EMA (0.99) of the support set as the result, and the learning rates tuned
+    by the released code's pre-round and schedule (``lr_tuning="released"``).
+
+    Attributes:
+        lr_tuning: ``"released"``: before training, raise the inner learning rate from
+            ``inner_lr`` ×1.2 while a probe's inner solve stays monotone, then ×0.7, and the
+            Hessian-inverse one from ``hessian_lr`` the same way; during training, every 50
+            iterations scale the inner one ×0.9 when ≥ 29 % of the solves since the last
+            change ended above their start, ×1.05 when ≥ 70 % were monotone (the Hessian one
+            stays). ``"probe"``: the paper's text (both rates adjusted from a probe every
+            ``tune_every`` iterations: ×1.05 while monotone, ×0.9 on divergence). ``"none"``:
+            fixed rates.
+        ema_decay: the result (exported, evaluated) is the bias-corrected exponential moving
+            average of the support set with this decay; 0: the last iterate.
+        center_labels: initial labels ``one-hot − 1/K`` (the released code) instead of one-hot.
+        l2_counts_mirrors: ``λ`` counts the mirrors of the flip strategy (this project's earlier
+            reading of ``0.0005·|S|``); the released code counts the learned images only.
+        pool_max_steps: pool training steps per selection, drawn from ``1 … pool_max_steps``
+            (1: the paper's Algorithm 1).
     """
 
     steps: int = 1000
     pool_size: int = 30
     reset_every: int = 100
-    target_batch: int = 256
+    target_batch: int = 1024
     lr_support: float = 0.003
     lr_temperature: float = 0.03
     l2_per_image: float = 0.0005
-    init_temperature: float = 0.1
-    inner_lr: float = 1e-2
-    hessian_lr: float = 1e-2
+    init_temperature: float = 1.0
+    inner_lr: float = 1e-5
+    hessian_lr: float = 5e-5
+    lr_tuning: LrTuning = "released"
     tune_every: int = 10
-    pool_lr: float = 1e-3
+    pool_lr: float = 5e-5
+    pool_max_steps: int = 15
+    ema_decay: float = 0.99
+    center_labels: bool = True
+    l2_counts_mirrors: bool = False
     flip: bool = False
     n_subset: int | None = None
     width: int = 128
@@ -77,6 +117,7 @@ class DistillConfig:
             "pool_size",
             "reset_every",
             "target_batch",
+            "pool_max_steps",
             "width",
             "checkpoint_every",
             "log_every",
@@ -100,6 +141,15 @@ class DistillConfig:
                 raise ValueError(
                     f"DistillConfig: `{name}` must be a positive number, got {value!r}."
                 )
+        if self.lr_tuning not in ("released", "probe", "none"):
+            raise ValueError(
+                "DistillConfig: `lr_tuning` must be 'released', 'probe' or 'none', got "
+                f"{self.lr_tuning!r}."
+            )
+        if not (isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0):
+            raise ValueError(
+                f"DistillConfig: `ema_decay` must be in [0, 1), got {self.ema_decay!r}."
+            )
         if not self.l2_per_image >= 0:
             raise ValueError(
                 f"DistillConfig: `l2_per_image` must be >= 0, got {self.l2_per_image!r}."
@@ -113,8 +163,12 @@ class DistillConfig:
 class DistillState(eqx.Module):
     """Everything a run needs to continue: checkpoints hold exactly this.
 
-    ``key`` holds the raw ``uint32`` data of the PRNG key (``jax.random.key_data``) so that the
-    state serialises as plain arrays.
+    ``key`` and ``data_key`` hold the raw ``uint32`` data of PRNG keys
+    (``jax.random.key_data``) so that the state serialises as plain arrays. ``ema`` is the
+    (not yet bias-corrected) moving average of the support set (:func:`ema_support`);
+    ``data_position`` counts the target images drawn so far (the epoch is
+    ``data_position // N``); ``lr_stats`` counts the inner solves that failed, that were
+    monotone, and all, since the last learning-rate change (``lr_tuning="released"``).
     """
 
     support: SupportSet
@@ -123,6 +177,10 @@ class DistillState(eqx.Module):
     lrs: LearningRates
     key: Array
     step: Array
+    ema: SupportSet
+    data_key: Array
+    data_position: Array
+    lr_stats: Array
 
 
 def init_support(
@@ -132,11 +190,15 @@ def init_support(
     ipc: int,
     *,
     key: Array,
-    init_temperature: float = 0.1,
+    init_temperature: float = 1.0,
+    center_labels: bool = False,
 ) -> SupportSet:
-    """``ipc`` real images per class drawn at random, one-hot labels (the paper's start)."""
+    """``ipc`` real images per class drawn at random, with one-hot labels, or, with
+    ``center_labels``, ``one-hot − 1/K`` (the released code's start)."""
     picks = _pick_per_class(labels, num_classes, ipc, key)
     onehot = np.eye(num_classes, dtype=np.float32)[labels[picks]]
+    if center_labels:
+        onehot = onehot - np.float32(1.0 / num_classes)
     return SupportSet(
         jnp.asarray(images[picks], jnp.float32),
         jnp.asarray(onehot),
@@ -148,7 +210,7 @@ def random_subset(
     images: np.ndarray, labels: np.ndarray, num_classes: int, ipc: int, *, key: Array
 ) -> SupportSet:
     """The random-subset baseline: real images with one-hot labels, no optimisation."""
-    return init_support(images, labels, num_classes, ipc, key=key)
+    return init_support(images, labels, num_classes, ipc, key=key, init_temperature=0.1)
 
 
 def _pick_per_class(labels: np.ndarray, num_classes: int, ipc: int, key: Array) -> np.ndarray:
@@ -200,12 +262,42 @@ def inner_support(support: SupportSet, config: DistillConfig) -> SupportSet:
 
 
 def l2_strength(support: SupportSet, config: DistillConfig) -> Array:
-    """``λ = l2_per_image · |S|``, counting the mirrors under the flip strategy."""
-    n_support = support.images.shape[0] * (2 if config.flip else 1)
+    """``λ = l2_per_image · n``: ``n`` the learned images (the released code's
+    ``l2_rate · num_prototypes``), or with their mirrors when ``config.l2_counts_mirrors``."""
+    mirrors = config.flip and config.l2_counts_mirrors
+    n_support = support.images.shape[0] * (2 if mirrors else 1)
     return jnp.asarray(config.l2_per_image * n_support, jnp.float32)
 
 
+def ema_support(state: DistillState, decay: float) -> SupportSet:
+    """The bias-corrected moving average of the support set after ``state.step`` updates (the
+    released code's ``get_updated_ema``; the initial set before any update)."""
+    if decay == 0.0:
+        return state.support
+    correction = 1.0 - jnp.asarray(decay, jnp.float32) ** state.step.astype(jnp.float32)
+    average = jax.tree_util.tree_map(lambda h: h / correction, state.ema)
+    return jax.tree_util.tree_map(
+        lambda a, s: jnp.where(state.step > 0, a, s), average, state.support
+    )
+
+
+def epoch_batch(data_key: Array, position: Array, n: int, batch: int) -> Array:
+    """Indices of the ``batch`` examples at ``position … position + batch − 1`` of an endless
+    stream of shuffled epochs of ``n`` examples (epoch ``e`` is a permutation drawn from
+    ``fold_in(data_key, e)``): every example once per epoch, batches running across epoch ends,
+    as the released code's repeated, shuffled ``tf.data`` stream."""
+    key = jax.random.wrap_key_data(data_key)
+    first = position // n
+    spans = batch // n + 2  # the epochs a batch can touch
+    perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), n))(
+        first + jnp.arange(spans)
+    )
+    where = position + jnp.arange(batch)
+    return perms[where // n - first, where % n]
+
+
 def _sample_target(key: Array, x_train: Array, y_train: Array, config: DistillConfig):
+    """A target batch drawn with replacement (the learning-rate probes')."""
     batch = jax.random.randint(key, (config.target_batch,), 0, x_train.shape[0])
     return x_train[batch], y_train[batch]
 
@@ -219,16 +311,29 @@ def make_pool(image_shape, num_classes, config: DistillConfig) -> ModelPool:
             width=config.width,
             depth=config.depth,
             norm=config.norm,
-            activation="softplus",
+            activation=distill_activation(image_shape, config.depth),
         )
 
-    return ModelPool(make_model, config.pool_size, config.reset_every, optax.adam(config.pool_lr))
+    return ModelPool(
+        make_model,
+        config.pool_size,
+        config.reset_every,
+        optax.adam(config.pool_lr),
+        max_steps=config.pool_max_steps,
+    )
+
+
+def distill_activation(image_shape, depth: int | None) -> Activation:
+    """The released code's activation while distilling: softplus (temperature 60) at depth 3,
+    ReLU at depth 4 and 5 (its 64- and 128-px configs set ``softplus_temp`` to 0)."""
+    depth = default_depth(min(image_shape[:2])) if depth is None else depth
+    return "softplus" if depth <= 3 else "relu"
 
 
 def init_state(
     support: SupportSet, pool: ModelPool, config: DistillConfig, *, key: Array
 ) -> DistillState:
-    k_pool, k_run = jax.random.split(key)
+    k_pool, k_run, k_data = jax.random.split(key, 3)
     return DistillState(
         support=support,
         opt_state=meta_optimizer(config).init(support),
@@ -238,6 +343,10 @@ def init_state(
         ),
         key=jax.random.key_data(k_run),
         step=jnp.asarray(0, jnp.int32),
+        ema=jax.tree_util.tree_map(jnp.zeros_like, support),
+        data_key=jax.random.key_data(k_data),
+        data_position=jnp.asarray(0, jnp.int32),
+        lr_stats=jnp.zeros((3,), jnp.int32),
     )
 
 
@@ -271,12 +380,13 @@ def make_step(
         batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
 
     def step(state: DistillState, x_train: Array, y_train: Array):
-        key, k_model, k_batch, k_subset, k_renew = jax.random.split(
-            jax.random.wrap_key_data(state.key), 5
-        )
+        key, k_model, k_subset, k_renew = jax.random.split(jax.random.wrap_key_data(state.key), 4)
         index = jax.random.randint(k_model, (), 0, pool.size)
         model0 = pool.model(state.pool, index)
-        x_t, y_t = _sample_target(k_batch, x_train, y_train, config)
+        batch = epoch_batch(
+            state.data_key, state.data_position, x_train.shape[0], config.target_batch
+        )
+        x_t, y_t = x_train[batch], y_train[batch]
         if batch_sharding is not None:
             x_t = jax.lax.with_sharding_constraint(x_t, batch_sharding)
             y_t = jax.lax.with_sharding_constraint(y_t, batch_sharding)
@@ -287,9 +397,11 @@ def make_step(
             None if rest_index is None else inner_support(_take(state.support, rest_index), config)
         )
 
-        def loss_fn(diff_part: SupportSet):
+        def loss_fn(direct: SupportSet, implicit: SupportSet):
+            # The same values twice: the gradient with respect to each is one part of the
+            # meta-gradient (meta_loss's `inner`), so the implicit part can be clipped.
             return meta_loss(
-                inner_support(diff_part, config),
+                inner_support(direct, config),
                 algorithm,
                 model0,
                 x_t,
@@ -297,10 +409,16 @@ def make_step(
                 l2,
                 state.lrs,
                 constant=const,
+                inner=inner_support(implicit, config),
             )
 
         diff_part = state.support if sub_index is None else _take(state.support, sub_index)
-        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(diff_part)
+        (loss, info), (direct, implicit) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1), has_aux=True
+        )(diff_part, diff_part)
+        if algorithm.clip_implicit:
+            implicit = clip_to_direct(implicit, direct)
+        grads = jax.tree_util.tree_map(jnp.add, direct, implicit)
         if sub_index is not None:
             grads = SupportSet(
                 jnp.zeros_like(state.support.images).at[sub_index].set(grads.images),
@@ -308,14 +426,29 @@ def make_step(
                 grads.log_temperature,
             )
         support, opt_state = optax_step(optimizer, grads, state.opt_state, state.support)
+        d = config.ema_decay
+        ema = jax.tree_util.tree_map(lambda h, p: d * h + (1.0 - d) * p, state.ema, support)
 
         seen_images, seen_labels = _seen_by_pool(support, sub_index, rest_index, config)
         pool_state, pool_loss = pool.train_step(
             state.pool, index, seen_images, seen_labels, key=k_renew
         )
-        lrs = state.lrs
+        lrs, lr_stats = state.lrs, state.lr_stats
+        if config.lr_tuning == "released" and algorithm.n_inner > 0:
+            stat = classify_trace(info.inner_loss_trace)
+            lr_stats = lr_stats + jnp.stack([stat == -1, stat == 1, True]).astype(jnp.int32)
+            lrs, lr_stats = released_schedule(lrs, lr_stats, state.step)
         new_state = DistillState(
-            support, opt_state, pool_state, lrs, jax.random.key_data(key), state.step + 1
+            support,
+            opt_state,
+            pool_state,
+            lrs,
+            jax.random.key_data(key),
+            state.step + 1,
+            ema,
+            state.data_key,
+            state.data_position + config.target_batch,
+            lr_stats,
         )
         metrics = {
             "outer_loss": loss,
@@ -323,9 +456,11 @@ def make_step(
             "inner_loss": info.inner_loss,
             "inner_grad_norm": info.inner_grad_norm,
             "pool_loss": pool_loss,
-            "inner_lr": lrs.inner,
-            "hessian_lr": lrs.hessian,
+            "inner_lr": state.lrs.inner,
+            "hessian_lr": state.lrs.hessian,
             "temperature": jnp.exp(support.log_temperature),
+            "direct_norm": _norm(direct),
+            "implicit_norm": _norm(implicit),
         }
         return new_state, metrics
 
@@ -402,6 +537,45 @@ def make_tune_step(
     return tune
 
 
+def make_preround_probe(
+    algorithm: Algorithm, pool: ModelPool, config: DistillConfig
+) -> Callable[[DistillState, LearningRates, Array, Array, Array], tuple[Array, Array]]:
+    """One probe of the released code's learning-rate pre-round as a pure function (jit it):
+    ``(state, rates, x_train, y_train, call) -> (inner class, Hessian-inverse class)``
+    (:func:`~distillation.tuning.classify_trace`) of the solves of one meta-step on a fresh
+    model (the same model for every call, as ``run_rcig(lr_tune=True)`` builds its one-model
+    pool from the run's key) and a target batch that changes with ``call``."""
+
+    def probe(state: DistillState, lrs: LearningRates, x_train, y_train, call):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 0x9E7)
+        k_model, k_batch = jax.random.split(key)
+        model0 = pool.make_model(k_model)
+        x_t, y_t = _sample_target(jax.random.fold_in(k_batch, call), x_train, y_train, config)
+        support = inner_support(state.support, config)
+        images: Array | Partitioned = support.images
+        k = config.n_subset
+        if k is not None and k < images.shape[0]:
+            images = Partitioned(images[:k], images[k:], chunk=k)
+        inner_trace, hessian_trace = solve_traces(
+            algorithm,
+            algorithm.network(model0),
+            images,
+            support.labels,
+            l2_strength(state.support, config),
+            x_t,
+            y_t,
+            state.support.log_temperature,
+            lrs,
+        )
+        return classify_trace(inner_trace), classify_trace(hessian_trace)
+
+    return probe
+
+
+def _norm(tree) -> Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(v)) for v in jax.tree_util.tree_leaves(tree)))
+
+
 def _take(support: SupportSet, index: Array) -> SupportSet:
     return SupportSet(support.images[index], support.labels[index], support.log_temperature)
 
@@ -442,9 +616,11 @@ class Interrupted(Exception):
 
 @dataclasses.dataclass
 class DistillResult:
-    """The learned support set, the logged metrics, the wall-clock seconds and number of
-    iterations of this call (a resumed call counts only the iterations it ran), and the
-    wall-clock seconds of the whole run, summed over its resumed segments."""
+    """The learned support set (the EMA of the iterates when ``config.ema_decay > 0``, as the
+    released code exports and evaluates), the logged metrics, the wall-clock seconds and number
+    of iterations of this call (a resumed call counts only the iterations it ran), the
+    wall-clock seconds of the whole run, summed over its resumed segments, the last iterate,
+    and the learning rates at the end."""
 
     support: SupportSet
     history: list[dict[str, float]]
@@ -453,6 +629,8 @@ class DistillResult:
     steps_run: int
     total_seconds: float
     snapshots: list[Snapshot] = dataclasses.field(default_factory=list)
+    last_iterate: SupportSet | None = None
+    learning_rates: LearningRates | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -572,7 +750,13 @@ def distill(
         interrupts.set_phase("compiling")
     k_support, k_state = jax.random.split(key)
     support = init_support(
-        x_train, y_train, num_classes, ipc, key=k_support, init_temperature=config.init_temperature
+        x_train,
+        y_train,
+        num_classes,
+        ipc,
+        key=k_support,
+        init_temperature=config.init_temperature,
+        center_labels=config.center_labels,
     )
     pool = make_pool(x_train.shape[1:], num_classes, config)
     state = init_state(support, pool, config, key=k_state)
@@ -635,7 +819,7 @@ def distill(
 
     def snapshot(done: int):
         if done in snapshot_steps:
-            support = jax.device_get(jax.block_until_ready(state.support))
+            support = jax.device_get(jax.block_until_ready(ema_support(state, config.ema_decay)))
             snapshots.append(Snapshot(done, time.perf_counter() - t0, support))
 
     snapshot(start)
@@ -646,9 +830,13 @@ def distill(
             # Compiled ahead of time, so that the loop below only runs steps: a signal during
             # compilation finds nothing unsaved and ends the process at once.
             tuner = LearningRateTuner(every=config.tune_every)
-            tuning = tuner.every > 0 and algorithm.uses_learning_rates
+            tuning = (
+                config.lr_tuning == "probe" and tuner.every > 0 and algorithm.uses_learning_rates
+            )
             x_dev = jnp.asarray(x_train)
             y_dev = jax.nn.one_hot(jnp.asarray(y_train), num_classes, dtype=jnp.float32)
+            if config.lr_tuning == "released" and start == 0 and algorithm.uses_learning_rates:
+                state = _preround(algorithm, pool, config, state, x_dev, y_dev, bar)
             step_fn = (
                 jax.jit(make_step(algorithm, pool, config), donate_argnums=0)
                 .lower(state, x_dev, y_dev)
@@ -733,14 +921,32 @@ def distill(
         seconds_before if meta and int(state.step) == start else seconds_before + seconds
     )
     return DistillResult(
-        state.support,
+        ema_support(state, config.ema_decay),
         history,
         seconds,
         int(state.step),
         int(state.step) - start,
         total_seconds,
         snapshots,
+        state.support,
+        state.lrs,
     )
+
+
+def _preround(algorithm, pool, config, state, x_dev, y_dev, bar) -> DistillState:
+    """Run the released code's learning-rate pre-round and put the tuned rates in the state."""
+    probe_fn = jax.jit(make_preround_probe(algorithm, pool, config))
+
+    def probe(lrs: LearningRates, call: int):
+        bar.set_postfix_str(
+            f"tuning learning rates: inner {float(lrs.inner):.3g}, hessian {float(lrs.hessian):.3g}"
+        )
+        inner, hessian = probe_fn(state, lrs, x_dev, y_dev, jnp.asarray(call, jnp.int32))
+        return int(inner), int(hessian)
+
+    lrs, _ = released_preround(probe, state.lrs)
+    bar.set_postfix_str(f"tuned: inner {float(lrs.inner):.3g}, hessian {float(lrs.hessian):.3g}")
+    return eqx.tree_at(lambda s: s.lrs, state, lrs)
 
 
 _RESUME_HINT = "; run the same command with --resume to continue"

@@ -4,7 +4,8 @@ Train several fresh ConvNets (ReLU) on the distilled images and their learned la
 horizontal mirrors when the set was distilled with the flip strategy): MSE loss
 ``½·Σ(f(x) − y)² / (N·K)``, Adam with a 500-step linear warm-up to 1e-4 then cosine decay to
 1% of it, 1000 steps when ``|S| = 10`` else 2000, minibatches of 256 when ``|S| > 256``
-(full batch otherwise); optionally with the DSA augmentations. Report the mean ± std of the test
+(full batch otherwise); optionally with augmentation (one random transform per image, as the
+released evaluation; or the DSA set composed). Report the mean ± std of the test
 accuracy over the models, on the full test set.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -20,16 +22,22 @@ import optax
 from jaxtyping import Array
 
 from bilevel import optax_step
-from distillation.augment import dsa_augment
+from distillation.augment import dsa_augment, released_augment
 from distillation.models import ConvNet, Norm, conv_net
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Settings of the evaluation protocol (defaults are the paper's)."""
+    """Settings of the evaluation protocol (defaults are the paper's).
+
+    ``augment_style``: ``"released"``, one random transform per image as the released
+    evaluation does (:func:`~distillation.augment.released_augment`), or ``"dsa"``, all DSA
+    transforms composed (:func:`~distillation.augment.dsa_augment`).
+    """
 
     models: int = 5
     augment: bool = False
+    augment_style: Literal["released", "dsa"] = "released"
     width: int = 128
     depth: int | None = None
     norm: Norm = "none"
@@ -44,6 +52,11 @@ class EvalConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"EvalConfig: `{name}` must be a positive integer, got {value!r}.")
+        if self.augment_style not in ("released", "dsa"):
+            raise ValueError(
+                "EvalConfig: `augment_style` must be 'released' or 'dsa', got "
+                f"{self.augment_style!r}."
+            )
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
             raise ValueError(
                 f"EvalConfig: `steps` must be None or a positive integer, got {self.steps!r}."
@@ -146,7 +159,8 @@ def _run_steps(carry, keys, images, labels, config: EvalConfig, steps: int):
         else:
             x, y = images, labels
         if config.augment:
-            x = dsa_augment(x, key=k_aug, grayscale=grayscale)
+            augment = released_augment if config.augment_style == "released" else dsa_augment
+            x = augment(x, key=k_aug, grayscale=grayscale)
         grads = jax.grad(loss_fn)(m, x, y)
         return optax_step(optimizer, grads, state, m), None
 

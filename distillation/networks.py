@@ -100,6 +100,14 @@ class AbstractNetwork(eqx.Module):
     ) -> tuple[Float[Array, "n k"], Float[Array, "n d"]]:
         """``(g(x), φ(x))`` for a body displacement ``Δ_B`` (head left at ``θ₀_F``)."""
 
+    @abc.abstractmethod
+    def change_and_features(
+        self, delta: ConvNet, x: Float[Array, "n h w c"]
+    ) -> tuple[Float[Array, "n k"], Float[Array, "n d"]]:
+        """``(f(Δ, x) − f(0, x), φ₀(x))``: the output's change under the full displacement
+        ``Δ`` and the features of the pool model ``θ₀`` (the released code's split, used by
+        :class:`~distillation.objectives.KRRHead`)."""
+
 
 class StandardNetwork(AbstractNetwork):
     """Standard dynamics: ``f(θ₀ + Δ, x)``."""
@@ -112,6 +120,15 @@ class StandardNetwork(AbstractNetwork):
     def offset_and_features(self, delta_body, x):
         features = map_batch(tree_add(self.model0.body, delta_body), x)
         return self.model0.head(features), features
+
+    def change_and_features(self, delta, x):
+        moved = tree_add(self.model0, delta)
+
+        def fn(xb):
+            features = self.model0.body(xb)
+            return moved(xb) - self.model0.head(features), features
+
+        return map_batch(fn, x)
 
 
 class LinearizedNetwork(AbstractNetwork):
@@ -127,6 +144,19 @@ class LinearizedNetwork(AbstractNetwork):
             # One jvp gives both the features at θ₀ (primal) and their derivative along Δ_B.
             features, d_features = jax.jvp(lambda b: b(xb), (self.model0.body,), (delta_body,))
             return d_features @ self.model0.head.weight, features
+
+        return map_batch(fn, x)
+
+    def change_and_features(self, delta, x):
+        def fn(xb):
+            # One jvp of (output, features): the dual of the output is J(θ₀)Δ (head weight and
+            # bias included), the primal of the features is φ₀.
+            def both(m):
+                features = m.body(xb)
+                return m.head(features), features
+
+            (_, features), (d_output, _) = jax.jvp(both, (self.model0,), (delta,))
+            return d_output, features
 
         return map_batch(fn, x)
 

@@ -7,6 +7,12 @@
   ``r = y_s − g(x_s)`` the ridge solution is ``Δ_F* = [φ_s, 1]ᵀ α`` with
   ``α = (φ_s φ_sᵀ + 1 + λI)⁻¹ r`` (an ``|S|×|S|`` solve), and minimising over ``Δ_F`` leaves the
   reparameterised inner objective over ``Δ_B`` only, ``½λ rᵀα + ½λ‖Δ_B‖²`` (Eq. 5).
+* :class:`KRRHead`: the released code's form of the same idea (``get_krr_loss_gd`` in the
+  authors' ``algorithms.py``), RCIG's default. The inner variable is the full displacement
+  ``Δ``; the output's change ``g = f(Δ, x) − f(0, x)`` includes the head's bias (trained by the
+  inner optimizer, not in closed form) and head weight (held at 0 by the inner optimizer, but
+  part of the Hessian and of the implicit gradient, as in the released code); the kernel is
+  ``φ₀φ₀ᵀ`` of the pool model's features, without the ``+1``; the loss is divided by ``N·K``.
 * Outer losses: :func:`platt_cross_entropy` (Eq. 6, learnable temperature) and
   :func:`mean_squared_error` (the FRePo-like baseline).
 """
@@ -45,6 +51,11 @@ class AbstractHead(eqx.Module):
     @abc.abstractmethod
     def predict(self, delta, net, x_s, y_s, l2, x_t) -> Array:
         """Outputs on ``x_t`` of the inner solution ``delta`` (and the support set)."""
+
+    def frozen(self, delta):
+        """A pytree of bools like ``delta``: the leaves the inner optimizer must not move
+        (``None``: it moves all of them)."""
+        return None
 
 
 class JointHead(AbstractHead):
@@ -106,6 +117,66 @@ class ClosedFormHead(AbstractHead):
         g_t, phi_t = net.offset_and_features(delta, x_t)
         kernel = phi_t.astype(alpha.dtype) @ phi_s.astype(alpha.dtype).T + 1.0
         return g_t + (kernel @ alpha).astype(g_t.dtype)
+
+
+class KRRHead(AbstractHead):
+    """The released code's kernel-ridge head (RCIG's default; ``get_krr_loss_gd`` and
+    ``get_krr_loss`` in the authors' ``algorithms.py``).
+
+    For the full displacement ``Δ`` (body, head weight, head bias), with the output's change
+    ``g(x) = f(Δ, x) − f(0, x)`` and the pool model's features ``φ₀``:
+    ``α = (φ₀ₛφ₀ₛᵀ + λI)⁻¹ (y_s − g_s)``, inner loss ``(½λ rᵀα + ½λ‖Δ‖²) / (N·K)`` (equal to
+    the released code's ``½‖y − g − Kα‖² + ½λ(tr αᵀKα + ‖Δ‖²)`` over ``N·K``), prediction
+    ``g(x_t) + φ₀(x_t) φ₀ₛᵀ α``. The inner optimizer trains the body and the head's bias and
+    holds the head's weight at 0 (:meth:`frozen`), while the Hessian and the implicit gradient
+    are taken over all of ``Δ``, as the released code's are.
+
+    Args:
+        precision: of the ``|S|×|S|`` solve, as :class:`ClosedFormHead`.
+    """
+
+    precision: Precision = eqx.field(default="float32", static=True)
+
+    def __check_init__(self):
+        ClosedFormHead(self.precision)  # the same checks
+
+    def init(self, net):
+        return zeros_like_tree(net.model0)
+
+    def frozen(self, delta):
+        mask = jax.tree_util.tree_map(lambda _: False, delta)
+        return eqx.tree_at(lambda m: m.head.weight, mask, True)
+
+    def dual_coefficients(self, delta, net, x_s, y_s, l2):
+        """``(α, g_s, φ₀ₛ)``."""
+        g_s, phi_s = net.change_and_features(delta, x_s)
+        dtype = jnp.float64 if self.precision == "float64" else phi_s.dtype
+        phi = phi_s.astype(dtype)
+        gram = phi @ phi.T + l2 * jnp.eye(phi.shape[0], dtype=dtype)
+        alpha = jax.scipy.linalg.cho_solve(
+            jax.scipy.linalg.cho_factor(gram), (y_s - g_s).astype(dtype)
+        )
+        return alpha, g_s, phi_s
+
+    def inner_loss(self, delta, net, x_s, y_s, l2):
+        alpha, g_s, _ = self.dual_coefficients(delta, net, x_s, y_s, l2)
+        data_term = 0.5 * l2 * jnp.sum((y_s - g_s) * alpha.astype(g_s.dtype))
+        return (data_term + 0.5 * l2 * _sq_norm(delta)) / (y_s.shape[0] * y_s.shape[1])
+
+    def predict(self, delta, net, x_s, y_s, l2, x_t):
+        alpha, _, phi_s = self.dual_coefficients(delta, net, x_s, y_s, l2)
+        g_t, phi_t = net.change_and_features(delta, x_t)
+        kernel = phi_t.astype(alpha.dtype) @ phi_s.astype(alpha.dtype).T
+        return g_t + (kernel @ alpha).astype(g_t.dtype)
+
+
+def label_margin(labels: Float[Array, "n k"]) -> Array:
+    """The released code's label-margin term: ``mean_n min(top1 − top2, 1/(2K))`` of the support
+    labels, subtracted from the outer loss (it keeps each image's top label at least ``1/(2K)``
+    above the next; the authors note that it likely makes no difference, but it was in the code
+    that made the paper's numbers)."""
+    top = jax.lax.top_k(labels, 2)[0]
+    return jnp.mean(jnp.minimum(top[:, 0] - top[:, 1], 1.0 / (2 * labels.shape[-1])))
 
 
 def closed_form_head(

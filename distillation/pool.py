@@ -1,10 +1,12 @@
 """The model pool of Algorithm 1: ``m`` partially trained models.
 
 Each iteration one pool model is the linearisation point / inner starting point; afterwards it
-takes one standard-dynamics training step (MSE on the current support set), and a model that has
-taken ``K`` steps is re-initialised. Ages start spread over ``[0, K)`` so the pool holds models
-at every stage of training from the first re-initialisations on. All of it is a pytree of
-stacked arrays, so it lives inside the jitted step.
+takes between 1 and ``max_steps`` standard-dynamics training steps (MSE on the current support
+set, the number drawn uniformly), and a model that has taken ``K`` steps in all is
+re-initialised. Every model starts fresh (age 0). These are the released code's choices
+(``run_rcig``: ``n_max_steps_pool = 16``, i.e. 1–15 steps, Adam 5e-5); the paper's Algorithm 1
+writes one step per selection, which is ``max_steps=1``. All of it is a pytree of stacked
+arrays, so it lives inside the jitted step.
 """
 
 from __future__ import annotations
@@ -40,15 +42,22 @@ class ModelPool(eqx.Module):
         size: ``m``.
         reset_every: ``K``, steps after which a model is re-initialised.
         optimizer: optax optimizer of the standard-dynamics training step.
+        max_steps: training steps per selection are drawn uniformly from ``1 … max_steps``.
+        unroll: run the ``max_steps`` steps as straight-line code, each applied only when it is
+            within the drawn count (XLA:CPU runs convolution gradients much faster outside
+            loops, ``benchmarks/cpu_loops.py``); ``False``: a loop of exactly the drawn count
+            (no wasted work, the better choice on accelerators). ``None``: unroll on CPU only.
     """
 
     make_model: ModelFactory = eqx.field(static=True)
     size: int = eqx.field(static=True)
     reset_every: int = eqx.field(static=True)
     optimizer: optax.GradientTransformation = eqx.field(static=True)
+    max_steps: int = eqx.field(default=15, static=True)
+    unroll: bool | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
-        for name in ("size", "reset_every"):
+        for name in ("size", "reset_every", "max_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelPool: `{name}` must be a positive integer, got {value!r}.")
@@ -58,10 +67,8 @@ class ModelPool(eqx.Module):
         return model, self.optimizer.init(model)
 
     def init(self, *, key: PRNGKeyArray) -> PoolState:
-        k_models, k_ages = jax.random.split(key)
-        models, opt_states = jax.vmap(self._fresh)(jax.random.split(k_models, self.size))
-        ages = jax.random.randint(k_ages, (self.size,), 0, self.reset_every)
-        return PoolState(models, opt_states, ages)
+        models, opt_states = jax.vmap(self._fresh)(jax.random.split(key, self.size))
+        return PoolState(models, opt_states, jnp.zeros((self.size,), jnp.int32))
 
     def model(self, state: PoolState, index: Array) -> ConvNet:
         return jax.tree_util.tree_map(lambda a: a[index], state.models)
@@ -75,25 +82,45 @@ class ModelPool(eqx.Module):
         *,
         key: PRNGKeyArray,
     ) -> tuple[PoolState, Array]:
-        """One MSE step of model ``index`` on ``(images, labels)``; renew it once it is ``K`` old.
+        """Train model ``index`` for a drawn number of MSE steps on ``(images, labels)``; renew
+        it once it has taken ``K`` steps in all.
 
         ``images`` may be a :class:`~distillation.networks.Partitioned` batch (``labels`` in the
         same order: stored part first).
 
         Returns:
-            The new state and the training loss before the step.
+            The new state and the training loss before the first step.
         """
         model = self.model(state, index)
         opt_state = jax.tree_util.tree_map(lambda a: a[index], state.opt_states)
+        k_count, k_fresh = jax.random.split(key)
+        count = jax.random.randint(k_count, (), 1, self.max_steps + 1)
 
         def loss_fn(m):
-            return 0.5 * jnp.mean(jnp.sum((map_batch(m, images) - labels) ** 2, axis=-1))
+            # ½ mean over images and classes (the released code's Σ ½(f − y)² / (N·K)).
+            return 0.5 * jnp.mean((map_batch(m, images) - labels) ** 2)
 
-        loss, grads = jax.value_and_grad(loss_fn)(model)
-        model, opt_state = optax_step(self.optimizer, grads, opt_state, model)
-        age = state.ages[index] + 1
+        def one_step(carry):
+            m, o = carry
+            loss, grads = jax.value_and_grad(loss_fn)(m)
+            return optax_step(self.optimizer, grads, o, m), loss
+
+        unroll = jax.default_backend() == "cpu" if self.unroll is None else self.unroll
+        (model, opt_state), loss = one_step((model, opt_state))
+        if unroll:
+            for i in range(1, self.max_steps):
+                stepped, _ = one_step((model, opt_state))
+                take = i < count
+                model, opt_state = jax.tree_util.tree_map(
+                    lambda new, old, t=take: jnp.where(t, new, old), stepped, (model, opt_state)
+                )
+        else:
+            model, opt_state = jax.lax.fori_loop(
+                1, count, lambda _, c: one_step(c)[0], (model, opt_state)
+            )
+        age = state.ages[index] + count
         renew = age >= self.reset_every
-        fresh_model, fresh_opt = self._fresh(key)
+        fresh_model, fresh_opt = self._fresh(k_fresh)
         model, opt_state = jax.tree_util.tree_map(
             lambda new, old: jnp.where(renew, new, old),
             (fresh_model, fresh_opt),

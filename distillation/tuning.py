@@ -1,15 +1,28 @@
 """Automatic tuning of the inner and Hessian-inverse learning rates (RCIG, Section 4).
 
-The rule of the paper: keep each learning rate as high as keeps its loss decreasing — raise it
-while the loss trace of a solve decreases monotonically, cut it by 10% when the solve diverges
-(its last loss is above its first, or not finite). The traces come from a *probe*: the inner
-solve (``OptaxMinimizer``'s ``loss_trace``) and the Hessian-inverse solve (``AdamQuadratic``'s
-objective trace, ``½vᵀHv − gᵀv``) rerun on the current meta-step's problem. The probe runs every
-``every`` iterations as its own compiled function (:func:`distillation.distill.make_tune_step`),
-compiled once, so tuning never recompiles the step.
+Two procedures:
+
+* The released code's (the default, ``DistillConfig.lr_tuning="released"``): a *pre-round*
+  before training (:func:`released_preround`: the inner rate starts at 1e-5 and is raised ×1.2
+  while a probe's 20-step inner solve decreases at every step, then ×0.7; the Hessian-inverse
+  rate the same way from 5e-5; ``distill_dataset.py``), then a *schedule* during training
+  (:func:`released_schedule`: every 50 iterations the inner rate is cut ×0.9 when at least 29 %
+  of the inner solves since the last change ended above their start, raised ×1.05 when at least
+  70 % decreased at every step; the Hessian-inverse rate stays; ``run_rcig``). Each solve is
+  classified by :func:`classify_trace` exactly as ``run_rcig`` does.
+* The paper's text (``lr_tuning="probe"``, :class:`LearningRateTuner`): keep each learning
+  rate as high as keeps its loss decreasing — raise it while the loss trace of a solve
+  decreases monotonically, cut it by 10% when the solve diverges (its last loss is above its
+  first, or not finite). The traces come from a *probe*: the inner solve (``OptaxMinimizer``'s
+  ``loss_trace``) and the Hessian-inverse solve (``AdamQuadratic``'s objective trace,
+  ``½vᵀHv − gᵀv``) rerun on the current meta-step's problem. The probe runs every ``every``
+  iterations as its own compiled function (:func:`distillation.distill.make_tune_step`),
+  compiled once, so tuning never recompiles the step.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -18,6 +31,111 @@ from jaxtyping import Array
 
 import bilevel
 from distillation.algorithms import Algorithm, LearningRates
+
+
+def classify_trace(trace: Array) -> Array:
+    """``1`` when the losses ``trace`` (before each step) decrease at every step, else ``-1``
+    when the last is above the first, else ``0`` (``run_rcig``'s ``inner_lr_stats``); ``0``
+    for an empty trace."""
+    if trace.shape[0] == 0:
+        return jnp.asarray(0, jnp.int32)
+    monotone = jnp.all(trace[:-1] > trace[1:])
+    failed = trace[-1] > trace[0]
+    return jnp.where(monotone, 1, jnp.where(failed, -1, 0)).astype(jnp.int32)
+
+
+def released_schedule(
+    lrs: LearningRates,
+    stats: Array,
+    step: Array,
+    every: int = 50,
+    fail_fraction: float = 0.29,
+    monotone_fraction: float = 0.7,
+    decrease: float = 0.9,
+    increase: float = 1.05,
+) -> tuple[LearningRates, Array]:
+    """The released code's in-training rule for the inner learning rate.
+
+    Args:
+        lrs: the current rates.
+        stats: counts ``(failed, monotone, all)`` of the inner solves since the last change,
+            this iteration's included.
+        step: this iteration's index (0-based); the rule runs when it is a positive multiple
+            of ``every`` (so the first window holds ``every + 1`` solves, as in ``run_rcig``).
+
+    Returns:
+        The rates and the counts (reset when the rule ran).
+    """
+    due = (step % every == 0) & (step > 0)
+    total = jnp.maximum(stats[2], 1).astype(jnp.float32)
+    cut = stats[0].astype(jnp.float32) / total >= fail_fraction
+    grow = stats[1].astype(jnp.float32) / total >= monotone_fraction
+    factor = jnp.where(cut, decrease, jnp.where(grow, increase, 1.0))
+    inner = jnp.where(due, lrs.inner * factor, lrs.inner).astype(lrs.inner.dtype)
+    return LearningRates(inner, lrs.hessian), jnp.where(due, jnp.zeros_like(stats), stats)
+
+
+def released_preround(
+    probe: Callable[[LearningRates, int], tuple[int, int]],
+    lrs: LearningRates,
+    increase: float = 1.2,
+    final: float = 0.7,
+    max_probes: int = 200,
+) -> tuple[LearningRates, int]:
+    """The released code's learning-rate pre-round (``distill_dataset.py``).
+
+    Args:
+        probe: ``(rates, call index) -> (inner class, Hessian-inverse class)`` of one
+            meta-step's solves with those rates (:func:`classify_trace`).
+        lrs: the starting rates (the released code's 1e-5 and 5e-5).
+        max_probes: a bound on each of the two loops (the released code has none; a rate that
+            never stops being monotone would loop for ever).
+
+    Returns:
+        The tuned rates and the number of probes run.
+    """
+    calls = 0
+    inner, hessian = lrs.inner, lrs.hessian
+    for _ in range(max_probes):
+        inner_class, _ = probe(LearningRates(inner, hessian), calls)
+        calls += 1
+        inner = inner * increase
+        if inner_class != 1:
+            break
+    inner = inner * final
+    for _ in range(max_probes):
+        _, hessian_class = probe(LearningRates(inner, hessian), calls)
+        calls += 1
+        hessian = hessian * increase
+        if hessian_class != 1:
+            break
+    hessian = hessian * final
+    return LearningRates(jnp.asarray(inner, jnp.float32), jnp.asarray(hessian, jnp.float32)), calls
+
+
+def solve_traces(
+    algorithm: Algorithm, net, x_s, y_s, l2, x_t, y_t, log_temperature, lrs: LearningRates
+) -> tuple[Array, Array]:
+    """The loss traces of one meta-step's inner solve (before each step) and Hessian-inverse
+    solve (the quadratic before each step), with the rates ``lrs``."""
+    head = algorithm.head
+    delta, info, _ = algorithm.minimizer(lrs.inner)(
+        head.inner_loss, head.init(net), net, x_s, y_s, l2
+    )
+    hessian_trace = jnp.zeros((0,), jnp.float32)
+    if algorithm.linear_solver is None and algorithm.n_hessian > 0:
+        g = jax.grad(
+            lambda d: algorithm.outer_loss(
+                head.predict(d, net, x_s, y_s, l2, x_t), y_t, log_temperature
+            )
+        )(delta)
+
+        def matvec(v):
+            return bilevel.hvp(head.inner_loss, delta, v, net, x_s, y_s, l2)
+
+        _, trace = algorithm.hessian_solver(lrs.hessian).solve_with_trace(matvec, g)
+        hessian_trace = trace[: algorithm.n_hessian]
+    return info.loss_trace, hessian_trace
 
 
 class LearningRateTuner(eqx.Module):

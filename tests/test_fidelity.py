@@ -1,0 +1,317 @@
+"""The pieces matched to the authors' released code (docs/fidelity.md), each against an oracle
+written from that code's definitions: the kernel-ridge head and its meta-gradient, clipping,
+the label margin, the EMA, the learning-rate pre-round and schedule, the pool's step counts,
+λ, the target batches, the evaluation's augmentation, Table 7's iteration counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from problems import rel_err, tree_ravel
+
+import bilevel
+from distillation.algorithms import (
+    LearningRates,
+    SupportSet,
+    clip_to_direct,
+    meta_loss,
+    rcig,
+)
+from distillation.augment import _released_transforms, released_augment
+from distillation.cli import table7_steps
+from distillation.distill import (
+    DistillConfig,
+    distill_activation,
+    ema_support,
+    epoch_batch,
+    init_state,
+    init_support,
+    l2_strength,
+    make_pool,
+    make_step,
+)
+from distillation.models import conv_net
+from distillation.objectives import label_margin
+from distillation.pool import ModelPool
+from distillation.tuning import classify_trace, released_preround, released_schedule
+
+
+def _tiny(dtype=jnp.float64, n_support=4, n_target=6, width=3, seed=0):
+    keys = jax.random.split(jax.random.key(seed), 4)
+    model = conv_net((8, 8, 1), 3, key=keys[0], width=width, depth=2, dtype=dtype)
+    x_s = jax.random.normal(keys[1], (n_support, 8, 8, 1), dtype)
+    y_s = jax.nn.one_hot(jnp.arange(n_support) % 3, 3, dtype=dtype) - 1.0 / 3
+    x_t = jax.random.normal(keys[2], (n_target, 8, 8, 1), dtype)
+    y_t = jax.nn.one_hot(jax.random.randint(keys[3], (n_target,), 0, 3), 3, dtype=dtype)
+    return model, x_s, y_s, x_t, y_t
+
+
+def _displacement(model, seed, scale=0.1):
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        treedef,
+        [scale * jax.random.normal(k, v.shape, v.dtype) for k, v in zip(keys, leaves, strict=True)],
+    )
+
+
+def test_krr_head_is_the_released_loss_and_prediction(x64):
+    """``get_krr_loss_gd`` (self loss) and ``get_krr_loss``'s prediction, written out from the
+    released code: features and outputs from one jvp of the model (primal features, dual output),
+    ``K = φφᵀ`` without ``+1``, ``w = (K + λI)⁻¹(y − out)``,
+    loss ``[½‖y − out − Kw‖² + ½λ(tr wᵀKw + ‖Δ‖²)] / (N·K)``."""
+    model, x_s, y_s, x_t, _ = _tiny()
+    algorithm = rcig()
+    net = algorithm.network(model)
+    delta = _displacement(model, 1)
+    l2 = 0.7
+
+    def jvp_parts(x):
+        def both(m):
+            f = m.body(x)
+            return m.head(f), f
+
+        (_, feat), (d_out, _) = jax.jvp(both, (model,), (delta,))
+        return feat, d_out
+
+    feat_s, out_s = jvp_parts(x_s)
+    k_ss = feat_s @ feat_s.T
+    w = jnp.linalg.solve(k_ss + l2 * jnp.eye(4), y_s - out_s)
+    err = y_s - (out_s + k_ss @ w)
+    sq = sum(jnp.sum(v**2) for v in jax.tree_util.tree_leaves(delta))
+    released = (0.5 * jnp.trace(err @ err.T) + 0.5 * l2 * (jnp.trace(w.T @ k_ss @ w) + sq)) / 12
+    ours = algorithm.head.inner_loss(delta, net, x_s, y_s, l2)
+    assert rel_err(ours, released) < 1e-12
+    feat_t, out_t = jvp_parts(x_t)
+    pred = out_t + feat_t @ feat_s.T @ w
+    assert rel_err(algorithm.head.predict(delta, net, x_s, y_s, l2, x_t), pred) < 1e-12
+    frozen = algorithm.head.frozen(delta)
+    assert frozen.head.weight is True and frozen.head.bias is False
+    assert not any(jax.tree_util.tree_leaves(frozen.body))
+
+
+def test_released_rcig_meta_gradient_is_the_released_formula(x64):
+    """The released ``do_meta_train_step``, written out: inner solve with the head's weight held
+    at 0, ``v = H⁻¹g_t`` over the full displacement (head weight included), implicit part
+    ``−∂_S vᵀ∇_Δ L(Δ*, S)``, direct part ``∂_S`` of the outer loss minus the label margin at
+    fixed ``Δ*``. Dense solves in float64, so the two sides differ only by rounding."""
+    model, x_s, y_s, x_t, y_t = _tiny()
+    support = SupportSet(x_s, y_s, jnp.asarray(0.2))
+    l2 = jnp.asarray(1.0)
+    algorithm = rcig(n_inner=3000, linear_solver=bilevel.Dense(), inner_optimizer=optax.sgd)
+    head, net = algorithm.head, algorithm.network(model)
+    inner = lambda d, s: head.inner_loss(d, net, s.images, s.labels, l2)  # noqa: E731
+    start = head.init(net)
+    top = bilevel.largest_eigenvalue(lambda v: bilevel.hvp(inner, start, v, support), start, 100)
+    lr = 0.5 / top
+    lrs = LearningRates(lr, jnp.asarray(0.0))
+
+    (_, info), (direct, implicit) = jax.jit(
+        jax.value_and_grad(
+            lambda a, b: meta_loss(a, algorithm, model, x_t, y_t, l2, lrs, inner=b),
+            argnums=(0, 1),
+            has_aux=True,
+        )
+    )(support, support)
+
+    # The oracle: gradient descent on everything but the head's weight.
+    mask = jax.tree_util.tree_map(lambda f: 0.0 if f else 1.0, head.frozen(start))
+
+    def gd(_, d):
+        g = jax.grad(inner)(d, support)
+        return jax.tree_util.tree_map(lambda a, b, m: a - lr * m * b, d, g, mask)
+
+    d_star = jax.jit(lambda d: jax.lax.fori_loop(0, 3000, gd, d))(start)
+    free = jax.tree_util.tree_map(lambda g, m: g * m, jax.grad(inner)(d_star, support), mask)
+    assert float(jnp.linalg.norm(tree_ravel(free))) < 1e-9  # solved on its free coordinates
+    # ... but not on the head's weight: the released formula is not a bilevel hypergradient.
+    assert float(jnp.linalg.norm(jax.grad(inner)(d_star, support).head.weight)) > 1e-3
+
+    def outer(d, s):
+        out = head.predict(d, net, s.images, s.labels, l2, x_t)
+        return algorithm.outer_loss(out, y_t, s.log_temperature) - label_margin(s.labels)
+
+    flat, unravel = jax.flatten_util.ravel_pytree(d_star)
+    hessian = jax.hessian(lambda f: inner(unravel(f), support))(flat)
+    g_t = jax.flatten_util.ravel_pytree(jax.grad(outer)(d_star, support))[0]
+    v = jnp.linalg.solve(hessian, g_t)
+    implicit_oracle = jax.grad(
+        lambda s: -jax.flatten_util.ravel_pytree(jax.grad(inner)(d_star, s))[0] @ v
+    )(support)
+    direct_oracle = jax.grad(lambda s: outer(d_star, s))(support)
+    assert float(info.inner_loss) > 0
+    assert rel_err(tree_ravel(direct), tree_ravel(direct_oracle)) < 1e-8
+    assert rel_err(tree_ravel(implicit), tree_ravel(implicit_oracle)) < 1e-8
+    assert float(jnp.linalg.norm(implicit.images)) > 1e-6
+
+
+def test_clip_to_direct_scales_each_leaf_to_at_most_the_direct_norm():
+    direct = SupportSet(jnp.ones((2, 2)), jnp.full((3,), 0.1), jnp.asarray(0.5))
+    implicit = SupportSet(3 * jnp.ones((2, 2)), jnp.full((3,), 0.01), jnp.asarray(0.0))
+    clipped = clip_to_direct(implicit, direct)
+    # too large: the same direction, the direct part's norm (2)
+    np.testing.assert_allclose(clipped.images, jnp.ones((2, 2)), rtol=1e-6)
+    # smaller than the direct part: unchanged
+    np.testing.assert_allclose(clipped.labels, implicit.labels, rtol=1e-6)
+    # zero (the temperature has no implicit part): zero, not NaN
+    assert float(clipped.log_temperature) == 0.0
+
+
+def test_label_margin_is_capped_at_one_over_2k():
+    labels = jnp.asarray([[0.9, -0.1, -0.1, -0.1], [0.1, 0.05, 0.0, 0.0]])
+    # first row: top1 − top2 = 1.0, capped at 1/8; second: 0.05
+    assert float(label_margin(labels)) == pytest.approx((0.125 + 0.05) / 2, rel=1e-6)
+
+
+def test_classify_trace_as_run_rcig():
+    assert int(classify_trace(jnp.asarray([3.0, 2.0, 1.0]))) == 1
+    assert int(classify_trace(jnp.asarray([1.0, 2.0, 1.5]))) == -1  # ends above its start
+    assert int(classify_trace(jnp.asarray([3.0, 1.0, 2.0]))) == 0  # not monotone, not failed
+    assert int(classify_trace(jnp.asarray([3.0, 3.0, 1.0]))) == 0  # strictly decreasing only
+    assert int(classify_trace(jnp.asarray([1.0]))) == 1
+    assert int(classify_trace(jnp.zeros((0,)))) == 0
+
+
+def test_released_schedule_on_a_scripted_sequence():
+    """Iterations 0..150 with a scripted class per solve: the rule runs at 50 (51 solves), 100
+    and 150 (50 each), cuts at ≥ 29 % failures, raises at ≥ 70 % monotone, else keeps."""
+    classes = np.zeros(151, int)
+    classes[:51] = 1  # window 1: all monotone -> ×1.05
+    classes[51:101][:15] = -1  # window 2: 15/50 = 30 % failed -> ×0.9
+    classes[101:151][:14] = -1  # window 3: 14/50 = 28 % failed, 0 % monotone -> keep
+    lrs = LearningRates(jnp.asarray(1.0), jnp.asarray(7.0))
+    stats = jnp.zeros(3, jnp.int32)
+    seen = {}
+    for step, c in enumerate(classes):
+        stats = stats + jnp.asarray([c == -1, c == 1, 1], jnp.int32)
+        lrs, stats = released_schedule(lrs, stats, jnp.asarray(step))
+        seen[step] = float(lrs.inner)
+    assert seen[49] == 1.0 and seen[50] == pytest.approx(1.05)
+    assert seen[99] == pytest.approx(1.05) and seen[100] == pytest.approx(1.05 * 0.9)
+    assert seen[150] == pytest.approx(1.05 * 0.9)
+    assert float(lrs.hessian) == 7.0  # the Hessian-inverse rate is never changed
+    assert int(stats[2]) == 0  # reset at 150
+
+
+def test_released_preround_on_a_scripted_probe():
+    """Monotone while the inner rate is below 1e-3 and the Hessian one below 2: the rates end at
+    0.84× the first non-monotone rate (×1.2 after it, then ×0.7), as distill_dataset.py's loops."""
+    calls = []
+
+    def probe(lrs, call):
+        calls.append((float(lrs.inner), float(lrs.hessian), call))
+        return int(lrs.inner < 1e-3), int(lrs.hessian < 2.0)
+
+    tuned, n = released_preround(probe, LearningRates(1e-5, 5e-5))
+    first_bad_inner = 1e-5 * 1.2 ** int(np.ceil(np.log(1e-3 / 1e-5) / np.log(1.2)))
+    assert float(tuned.inner) == pytest.approx(first_bad_inner * 1.2 * 0.7, rel=1e-5)
+    first_bad_hessian = 5e-5 * 1.2 ** int(np.ceil(np.log(2.0 / 5e-5) / np.log(1.2)))
+    assert float(tuned.hessian) == pytest.approx(first_bad_hessian * 1.2 * 0.7, rel=1e-5)
+    assert n == len(calls) and [c[2] for c in calls] == list(range(n))
+    # the Hessian loop probes with the tuned inner rate
+    assert calls[-1][0] == pytest.approx(float(tuned.inner), rel=1e-6)
+
+
+def _pool(max_steps, unroll, reset_every=100):
+    def make_model(key):
+        return conv_net((8, 8, 1), 3, key=key, width=2, depth=1)
+
+    return ModelPool(make_model, 3, reset_every, optax.sgd(0.1), max_steps, unroll)
+
+
+def test_pool_steps_per_selection_are_uniform_from_one_to_max_and_ages_start_at_zero():
+    x = jax.random.normal(jax.random.key(0), (5, 8, 8, 1))
+    y = jax.nn.one_hot(jnp.arange(5) % 3, 3)
+    pool = _pool(4, True)
+    state = pool.init(key=jax.random.key(1))
+    assert np.all(np.asarray(state.ages) == 0)  # every model starts fresh
+    step = jax.jit(lambda s, k: pool.train_step(s, jnp.asarray(0), x, y, key=k)[0])
+    counts = [int(step(state, k).ages[0]) for k in jax.random.split(jax.random.key(2), 200)]
+    assert set(counts) == {1, 2, 3, 4}
+    assert min(np.bincount(counts)[1:]) > 30  # roughly 50 each
+    # The masked straight-line steps equal a loop of exactly the drawn count.
+    looped = _pool(4, False)
+    loop_step = jax.jit(lambda s, k: looped.train_step(s, jnp.asarray(0), x, y, key=k)[0])
+    for k in jax.random.split(jax.random.key(3), 3):
+        a, b = step(state, k), loop_step(state, k)
+        assert rel_err(tree_ravel(a.models), tree_ravel(b.models)) < 1e-6
+        assert int(a.ages[0]) == int(b.ages[0])
+    # A model that reaches K steps is renewed (age 0, fresh weights).
+    short = _pool(4, True, reset_every=2)
+    renewed = jax.jit(lambda s, k: short.train_step(s, jnp.asarray(0), x, y, key=k)[0])(
+        state, jax.random.key(5)
+    )
+    counts_needed = int(step(state, jax.random.key(5)).ages[0])
+    assert int(renewed.ages[0]) == (0 if counts_needed >= 2 else counts_needed)
+
+
+def test_lambda_counts_the_learned_images_not_their_mirrors():
+    support = SupportSet(jnp.zeros((20, 4, 4, 3)), jnp.zeros((20, 10)), jnp.asarray(0.0))
+    for flip in (False, True):
+        assert float(l2_strength(support, DistillConfig(flip=flip))) == pytest.approx(0.01)
+    mirrored = DistillConfig(flip=True, l2_counts_mirrors=True)
+    assert float(l2_strength(support, mirrored)) == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize(("n", "batch"), [(10, 4), (7, 7), (5, 12)])
+def test_target_batches_are_shuffled_epochs(n, batch):
+    """Consecutive batches read an endless stream of permutations: every example exactly once
+    per epoch, batches running across epoch ends (and over several epochs when batch > n)."""
+    key = jax.random.key_data(jax.random.key(0))
+    drawn = np.concatenate(
+        [np.asarray(epoch_batch(key, jnp.asarray(p), n, batch)) for p in range(0, 6 * n, batch)]
+    )
+    epochs = drawn[: (len(drawn) // n) * n].reshape(-1, n)
+    assert len(epochs) >= 2
+    for e in epochs:
+        assert sorted(e.tolist()) == list(range(n))
+    assert not all(np.array_equal(epochs[0], e) for e in epochs[1:])  # reshuffled per epoch
+
+
+def test_ema_is_the_bias_corrected_average_of_the_iterates():
+    x = np.asarray(jax.random.normal(jax.random.key(0), (60, 8, 8, 1)), np.float32)
+    y = np.arange(60) % 3
+    config = DistillConfig(pool_size=2, target_batch=16, width=2, depth=1, ema_decay=0.9)
+    pool = make_pool(x.shape[1:], 3, config)
+    support = init_support(x, y, 3, 1, key=jax.random.key(1), center_labels=True)
+    np.testing.assert_allclose(support.labels.max(1), 2 / 3, rtol=1e-6)
+    state = init_state(support, pool, config, key=jax.random.key(2))
+    step = jax.jit(make_step(rcig(n_inner=2, n_hessian=2), pool, config))
+    x_dev, y_dev = jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 3)
+    assert rel_err(tree_ravel(ema_support(state, 0.9)), tree_ravel(state.support)) == 0
+    iterates = []
+    for _ in range(5):
+        state, _ = step(state, x_dev, y_dev)
+        iterates.append(state.support)
+    weights = np.asarray([0.1 * 0.9 ** (4 - i) for i in range(5)]) / (1 - 0.9**5)
+    expected = jax.tree_util.tree_map(
+        lambda *xs: sum(w * v for w, v in zip(weights, xs, strict=True)), *iterates
+    )
+    assert rel_err(tree_ravel(ema_support(state, 0.9)), tree_ravel(expected)) < 1e-5
+    assert rel_err(tree_ravel(ema_support(state, 0.9)), tree_ravel(state.support)) > 1e-6
+    assert ema_support(state, 0.0) is state.support
+
+
+def test_released_augment_applies_exactly_one_transform_per_image(x64):
+    # float64: the batched and the one-image resampling differ only by rounding (1e-12).
+    for grayscale, channels in ((False, 3), (True, 1)):
+        images = jax.random.normal(jax.random.key(0), (12, 16, 16, channels), jnp.float64)
+        key = jax.random.key(1)
+        out = released_augment(images, key=key, grayscale=grayscale)
+        transforms = _released_transforms(grayscale)
+        picks = []
+        for i, k in enumerate(jax.random.split(key, images.shape[0])):
+            k_pick, k_apply = jax.random.split(k)
+            which = int(jax.random.randint(k_pick, (), 0, len(transforms)))
+            picks.append(which)
+            np.testing.assert_allclose(out[i], transforms[which](images[i], k_apply), atol=1e-12)
+        assert len(set(picks)) > 1
+        assert not np.allclose(out, images)
+
+
+def test_activation_and_default_iterations_follow_the_released_configs():
+    assert distill_activation((32, 32, 3), None) == "softplus"
+    assert distill_activation((64, 64, 3), None) == "relu"
+    assert distill_activation((32, 32, 3), 4) == "relu"
+    assert [table7_steps(i) for i in (1, 10, 50)] == [15000, 10000, 5000]
