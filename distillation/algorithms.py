@@ -229,15 +229,14 @@ def meta_loss(
     """
     inner = support if inner is None else inner
 
-    def batch(part: SupportSet):
-        x_s: Array | Partitioned = part.images
-        y_s = part.labels
-        if constant is not None:
-            # The constant part is rematerialised in chunks the size of the differentiated part.
-            x_s = Partitioned(
-                x_s, jax.lax.stop_gradient(constant.images), chunk=part.images.shape[0]
-            )
-            y_s = jnp.concatenate([y_s, jax.lax.stop_gradient(constant.labels)])
+    def batch(part: SupportSet) -> tuple[Array | Partitioned, Array]:
+        if constant is None:
+            return part.images, part.labels
+        # The constant part is rematerialised in chunks the size of the differentiated part.
+        x_s = Partitioned(
+            part.images, jax.lax.stop_gradient(constant.images), chunk=part.images.shape[0]
+        )
+        y_s = jnp.concatenate([part.labels, jax.lax.stop_gradient(constant.labels)])
         return x_s, y_s
 
     net = algorithm.network(model0)

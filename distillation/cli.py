@@ -316,7 +316,7 @@ def _algorithm(method: str, s: dict):
     if method == "frepo":
         return ALGORITHMS["frepo"](precision="float64" if s["float64_solve"] else "float32")
     kwargs = {"n_inner": s["n_inner"], "n_hessian": s["n_hessian"], "linear_solver": solver}
-    if method in ("rig", "rcig"):
+    if method in ("rig", "rcig", "rcig-paper"):
         kwargs["precision"] = "float64" if s["float64_solve"] else "float32"
     return ALGORITHMS[method](**kwargs)
 

@@ -554,8 +554,8 @@ def make_preround_probe(
         support = inner_support(state.support, config)
         images: Array | Partitioned = support.images
         k = config.n_subset
-        if k is not None and k < images.shape[0]:
-            images = Partitioned(images[:k], images[k:], chunk=k)
+        if k is not None and k < support.images.shape[0]:
+            images = Partitioned(support.images[:k], support.images[k:], chunk=k)
         inner_trace, hessian_trace = solve_traces(
             algorithm,
             algorithm.network(model0),

@@ -86,8 +86,9 @@ def _walk(tree: Any):
 def official_support(
     state: dict[str, Any], *, ema: bool = True, where: str = "checkpoint"
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """``(images, labels, log_temperature)`` of an official state dict: ``ema_average`` (what
-    their ``eval.py`` evaluates) or, with ``ema=False``, ``params``."""
+    """``(images, labels, log τ)`` of an official state dict: ``ema_average`` (what their
+    ``eval.py`` evaluates) or, with ``ema=False``, ``params``; ``log τ = −log_temp`` (their
+    logits are ``preds · e^{log_temp}``, ours ``outputs / τ``)."""
     entry_name = "ema_average" if ema else "params"
     entry = state.get(entry_name)
     if not isinstance(entry, dict):
@@ -107,7 +108,9 @@ def official_support(
         )
     if not (np.all(np.isfinite(images)) and np.all(np.isfinite(labels))):
         raise ValueError(f"{where}: '{entry_name}' holds NaN or inf.")
-    log_temperature = float(np.asarray(entry.get("log_temp", 0.0)).reshape(()))
+    # Theirs scales the logits by e^s (``preds * exp(log_temp)``), ours divides them by
+    # τ = e^{log τ}: log τ = −s.
+    log_temperature = -float(np.asarray(entry.get("log_temp", 0.0)).reshape(()))
     return images, labels, log_temperature
 
 

@@ -68,7 +68,7 @@ def test_import_then_evaluate_on_digits(tmp_path, capsys):
     ema = state["ema_average"]
     assert np.array_equal(got.images, ema["x_proto"])  # the EMA, as the official eval.py
     assert np.array_equal(got.labels, ema["y_proto"])
-    assert got.log_temperature == pytest.approx(0.5)
+    assert got.log_temperature == pytest.approx(-0.5)  # their e^s scaling is our 1/τ
     assert got.flip is False  # grayscale: the official MNIST config trains without mirrors
     assert got.config["step"] == 1500 and got.config["entry"] == "ema_average"
     # The attached preprocessing is the dataset's own (the images' model-input space).

@@ -1,0 +1,309 @@
+"""This project's RCIG beside the authors' released code, on equal work, on this CPU.
+
+Two parts:
+
+``accuracy``: for each seed, distil MNIST (``../shared/data/mnist``) at ``--ipc`` with this
+project's defaults (the released code's settings: ``rcig distill --dataset ../shared/data/mnist
+--ipc 1 --width W --steps N --seed S``), keeping the result (the EMA set) at the official
+config's checkpoint iterations together with the wall-clock time so far (learning-rate pre-round
+and compilation included); read the official run of the same setting made with
+``../shared/tools/official_rcig/run.sh W IPC N /tmp/orcig_wW_sS S`` (its checkpoints'
+``ema_average``, imported with ``rcig import-official``; its time = the learning-rate tuning's
+seconds + the time stamp of each checkpoint); evaluate every set with the same protocol
+(``--eval-models`` ReLU ConvNets of width W, no augmentation, full MNIST test split). Output:
+``benchmarks/results/side_by_side.json``, the figure ``docs/figures/side_by_side_mnist.png``
+(accuracy against wall-clock seconds, the shape of the paper's Figure 8).
+
+``timing``: seconds per iteration at identical settings (target batch 1024, n_inner = n_H = 20,
+pool 30, no flip, fixed learning rates), ours and theirs alternated ``--rounds`` times in one run
+(theirs with ``RCIG_LRS`` so that it skips its tuning; the cost of an iteration does not depend on
+the rates), each the mean of the steady-state iteration times (from the third on, as the
+harness's ``siter.py``). Output: ``benchmarks/results/side_by_side_timing.json``.
+
+Run (the official runs first, see ../shared/tools/official_rcig/README.md)::
+
+    python benchmarks/side_by_side.py accuracy --seeds 0,1,2 --width 32 --steps 500
+    python benchmarks/side_by_side.py timing --width 32 --iters 40 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MNIST = SHARED / "data" / "mnist"
+HARNESS = SHARED / "tools" / "official_rcig"
+RESULTS = ROOT / "benchmarks" / "results"
+CHECKPOINTS = (50, 100, 200, 300, 400, 500, 1000, 1500, 2000)  # depth_3_no_flip.txt's, ≤ 2000
+
+
+def _official_times(outdir: Path) -> tuple[float, dict[int, float]]:
+    """(the learning-rate tuning's seconds, {iteration: seconds into training}) of a run."""
+    absl = "".join(p.read_text(errors="replace") for p in (outdir / "ckpt").glob("*.INFO*"))
+    found = re.search(r"Completed LR tune in ([0-9.]+)s", absl)
+    tuning = float(found.group(1)) if found else float("nan")
+    log = (outdir / "run.log").read_text()
+    times = {
+        int(m.group(1)): float(m.group(2))
+        for m in re.finditer(r"saving at iter (\d+) at time ([0-9.]+)", log)
+    }
+    return float(tuning), times
+
+
+def _evaluate(images, labels, flip, dataset, models, width, seed) -> list[float]:
+    from distillation.evaluate import EvalConfig, evaluate_support
+
+    config = EvalConfig(models=models, width=width)
+    result = evaluate_support(
+        images, labels, dataset.x_test, dataset.y_test, config, key=jax.random.key(seed), flip=flip
+    )
+    return [float(a) for a in result.accs]
+
+
+def accuracy(args) -> None:
+    from distillation.algorithms import rcig
+    from distillation.data import load_dataset
+    from distillation.distill import DistillConfig, distill
+    from distillation.export import load_distilled
+    from distillation.official import import_official
+
+    dataset = load_dataset(str(MNIST))
+    out_path = RESULTS / "side_by_side.json"
+    results = json.loads(out_path.read_text()) if out_path.exists() else {"runs": []}
+    done = {(r["who"], r["seed"], r["width"], r["steps"]) for r in results["runs"]}
+    marks = [c for c in CHECKPOINTS if c <= args.steps]
+    if args.steps not in marks:
+        marks.append(args.steps)
+    for seed in args.seeds:
+        if ("ours", seed, args.width, args.steps) not in done:
+            config = DistillConfig(steps=args.steps, width=args.width, flip=False)
+            print(f"[ours] seed {seed}: distilling {args.steps} iterations", flush=True)
+            result = distill(
+                dataset.x_train,
+                dataset.y_train,
+                dataset.num_classes,
+                rcig(),
+                args.ipc,
+                config,
+                key=jax.random.key(seed),
+                progress=False,
+                snapshot_steps=marks,
+            )
+            points = []
+            for snap in result.snapshots:
+                accs = _evaluate(
+                    snap.support.images,
+                    snap.support.labels,
+                    False,
+                    dataset,
+                    args.eval_models,
+                    args.width,
+                    seed,
+                )
+                points.append({"iteration": snap.step, "seconds": snap.seconds, "accs": accs})
+                print(f"[ours] seed {seed} it {snap.step}: {np.mean(accs):.2f}", flush=True)
+            results["runs"].append(
+                {
+                    "who": "ours",
+                    "seed": seed,
+                    "width": args.width,
+                    "steps": args.steps,
+                    "learning_rates": [
+                        float(result.learning_rates.inner),
+                        float(result.learning_rates.hessian),
+                    ],
+                    "points": points,
+                    "load": os.getloadavg(),
+                }
+            )
+            out_path.write_text(json.dumps(results, indent=1))
+        outdir = Path(args.official.format(width=args.width, seed=seed))
+        if ("official", seed, args.width, args.steps) in done:
+            continue
+        if not (outdir / "runner_info.json").exists() or not (outdir / "ckpt").is_dir():
+            print(f"[official] seed {seed}: no finished run in {outdir}; skipped", flush=True)
+            continue
+        tuning, times = _official_times(outdir)
+        points = []
+        for it in marks:
+            ckpt = outdir / "ckpt" / f"checkpoint_{it}"
+            if not ckpt.exists():
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                npz = import_official(
+                    ckpt,
+                    Path(tmp) / "o.npz",
+                    dataset.preprocessor,
+                    image_shape=dataset.image_shape,
+                    num_classes=dataset.num_classes,
+                    flip=False,
+                )
+                got = load_distilled(npz)
+            accs = _evaluate(
+                got.images, got.labels, False, dataset, args.eval_models, args.width, seed
+            )
+            points.append(
+                {"iteration": it, "seconds": tuning + times.get(it, float("nan")), "accs": accs}
+            )
+            print(f"[official] seed {seed} it {it}: {np.mean(accs):.2f}", flush=True)
+        info = json.loads((outdir / "runner_info.json").read_text())
+        results["runs"].append(
+            {
+                "who": "official",
+                "seed": seed,
+                "width": args.width,
+                "steps": args.steps,
+                "tuning_seconds": tuning,
+                "runner_info": info,
+                "points": points,
+            }
+        )
+        out_path.write_text(json.dumps(results, indent=1))
+    _report(results, args.width, args.steps)
+
+
+def _report(results: dict, width: int, steps: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results["runs"] if r["width"] == width and r["steps"] == steps]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lines = [
+        "| who | seed | final acc. (%) | at iteration | seconds (tuning + training) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in runs:
+        pts = [p for p in r["points"] if np.isfinite(p["seconds"])]
+        colour = "C0" if r["who"] == "ours" else "C3"
+        label = "this project" if r["who"] == "ours" else "released code"
+        ax.plot(
+            [p["seconds"] for p in pts],
+            [np.mean(p["accs"]) for p in pts],
+            "o-",
+            color=colour,
+            alpha=0.8,
+            label=f"{label}, seed {r['seed']}",
+        )
+        last = r["points"][-1]
+        lines.append(
+            f"| {r['who']} | {r['seed']} | {np.mean(last['accs']):.2f} ± "
+            f"{np.std(last['accs']):.2f} | {last['iteration']} | {last['seconds']:.0f} |"
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("wall-clock seconds on this CPU (learning-rate tuning included)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"MNIST, 1 image per class, width {width}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(ROOT / "docs" / "figures" / "side_by_side_mnist.png", dpi=120)
+    print("\n".join(lines))
+
+
+def _ours_siter(width: int, iters: int) -> float:
+    from distillation.algorithms import rcig
+    from distillation.data import load_dataset
+    from distillation.distill import DistillConfig, distill
+
+    dataset = load_dataset(str(MNIST))
+    config = DistillConfig(
+        steps=iters,
+        width=width,
+        flip=False,
+        lr_tuning="none",
+        inner_lr=1.4e-3,
+        hessian_lr=17.6,
+        log_every=1,
+    )
+    result = distill(
+        dataset.x_train,
+        dataset.y_train,
+        dataset.num_classes,
+        rcig(),
+        1,
+        config,
+        key=jax.random.key(0),
+        progress=False,
+    )
+    t = np.asarray([row["seconds"] for row in result.history])
+    return float(np.mean(np.diff(t)[1:]))  # deltas from the third iteration on, as siter.py
+
+
+def _official_siter(width: int, iters: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, RCIG_LRS="0.0014,17.6,0")
+        subprocess.run(
+            [str(HARNESS / "run.sh"), str(width), "1", str(iters), tmp, "0"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return float(json.loads((Path(tmp) / "siter.json").read_text())["s_per_iter_mean"])
+
+
+def timing(args) -> None:
+    rows = []
+    for r in range(args.rounds):
+        for who, fn in (("official", _official_siter), ("ours", _ours_siter)):
+            start = time.perf_counter()
+            s = fn(args.width, args.iters)
+            rows.append(
+                {
+                    "round": r,
+                    "who": who,
+                    "s_per_iter": s,
+                    "wall": time.perf_counter() - start,
+                    "load": os.getloadavg(),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    ours = np.mean([x["s_per_iter"] for x in rows if x["who"] == "ours"])
+    theirs = np.mean([x["s_per_iter"] for x in rows if x["who"] == "official"])
+    summary = {
+        "width": args.width,
+        "iters": args.iters,
+        "rows": rows,
+        "ours_s_per_iter": ours,
+        "official_s_per_iter": theirs,
+        "ratio": ours / theirs,
+    }
+    path = RESULTS / "side_by_side_timing.json"
+    stored = json.loads(path.read_text()) if path.exists() else []
+    stored.append(summary)
+    path.write_text(json.dumps(stored, indent=1))
+    print(f"ours {ours:.3f} s/iter, official {theirs:.3f} s/iter, ratio {ours / theirs:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("accuracy")
+    a.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    a.add_argument("--width", type=int, default=32)
+    a.add_argument("--ipc", type=int, default=1)
+    a.add_argument("--steps", type=int, default=500)
+    a.add_argument("--eval-models", type=int, default=5)
+    a.add_argument("--official", default="/tmp/orcig_w{width}_s{seed}")
+    t = sub.add_parser("timing")
+    t.add_argument("--width", type=int, default=32)
+    t.add_argument("--iters", type=int, default=40)
+    t.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    accuracy(args) if args.what == "accuracy" else timing(args)
+
+
+if __name__ == "__main__":
+    main()
