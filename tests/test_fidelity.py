@@ -315,3 +315,14 @@ def test_activation_and_default_iterations_follow_the_released_configs():
     assert distill_activation((64, 64, 3), None) == "relu"
     assert distill_activation((32, 32, 3), 4) == "relu"
     assert [table7_steps(i) for i in (1, 10, 50)] == [15000, 10000, 5000]
+
+
+def test_released_evaluation_tail_runs_rounds_of_500_steps_at_the_floor_rate():
+    from distillation.evaluate import EvalConfig, _schedule
+
+    plain, tail = EvalConfig(), EvalConfig(released_tail=True)
+    assert (plain.total_steps(10), plain.total_steps(20)) == (1000, 2000)
+    assert (tail.total_steps(10), tail.total_steps(20)) == (2500, 5000)
+    schedule = _schedule(tail, tail.train_steps(10))
+    assert float(schedule(1000)) == pytest.approx(1e-6, rel=1e-3)  # 1 % of 1e-4
+    assert float(schedule(2400)) == pytest.approx(1e-6, rel=1e-3)
