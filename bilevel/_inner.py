@@ -117,9 +117,10 @@ class OptaxMinimizer(AbstractMinimizer):
         unroll: passed to ``lax.scan`` (``True``: unroll fully). XLA on CPU runs some kernels
             (convolution weight gradients) much slower inside loops than in straight-line code;
             unrolling a short loop avoids that at the cost of compile time. Ignored with ``tol``.
-        learning_rate: the learning rate passed to the ``optimizer`` factory: a pytree leaf (a
-            number or an array), so it can be traced, tuned by replacing the leaf
-            (``eqx.tree_at``), and changed between calls without recompiling.
+        learning_rate: the argument of the ``optimizer`` factory: a pytree leaf (a number or an
+            array), so it can be traced, tuned by replacing the leaf (``eqx.tree_at``), and
+            changed between calls without recompiling; or a pytree of such leaves for a factory
+            that takes more than a rate (e.g. ``(rate, step_count)``).
 
     Example:
         >>> import jax.numpy as jnp, optax
@@ -133,7 +134,7 @@ class OptaxMinimizer(AbstractMinimizer):
     steps: int = eqx.field(static=True)
     tol: float | None = eqx.field(default=None, static=True)
     unroll: int | bool = eqx.field(default=1, static=True)
-    learning_rate: float | jax.Array | None = None
+    learning_rate: Any = None
 
     def __check_init__(self):
         if self.learning_rate is None:

@@ -131,13 +131,14 @@ class Algorithm(eqx.Module):
     def uses_learning_rates(self) -> bool:
         return self.n_inner > 0 or (self.n_hessian > 0 and self.linear_solver is None)
 
-    def minimizer(self, lr: Array) -> bilevel.OptaxMinimizer:
+    def minimizer(self, lr: Array, count: Array | None = None) -> bilevel.OptaxMinimizer:
+        """The inner optimizer; ``count``: where its step counters start (``None``: 0)."""
         # The learning rate is a leaf of the minimizer (traced, tuned without recompiling).
         return bilevel.OptaxMinimizer(
-            functools.partial(_freezing, self.inner_optimizer, self.head),
+            functools.partial(_inner_transform, self.inner_optimizer, self.head),
             steps=self.n_inner,
             unroll=self._unroll(self.n_inner),
-            learning_rate=lr,
+            learning_rate=(lr, count),
         )
 
     def hessian_solver(self, lr: Array):
@@ -155,7 +156,9 @@ class Algorithm(eqx.Module):
     def _unroll(self, steps: int) -> bool:
         return steps <= MAX_UNROLL if self.unroll is None else self.unroll
 
-    def solve_inner(self, net, x_s, y_s, l2, lrs: LearningRates) -> bilevel.Solution:
+    def solve_inner(
+        self, net, x_s, y_s, l2, lrs: LearningRates, count: Array | None = None
+    ) -> bilevel.Solution:
         """The inner solution, differentiable in ``(x_s, y_s)`` by implicit differentiation.
 
         ``throw=False``: a short fixed-step inner solve is not converged by design, and a
@@ -167,18 +170,28 @@ class Algorithm(eqx.Module):
             x_s,
             y_s,
             l2,
-            minimizer=self.minimizer(lrs.inner),
+            minimizer=self.minimizer(lrs.inner, count),
             adjoint=bilevel.Implicit(self.hessian_solver(lrs.hessian)),
             throw=False,
         )
 
 
-def _freezing(optimizer, head: AbstractHead, lr) -> optax.GradientTransformation:
-    """``optimizer(lr)``, with the updates of the leaves ``head.frozen`` marks set to zero."""
-    opt = optimizer(lr)
-    if isinstance(head, (JointHead, ClosedFormHead)):  # nothing frozen
+def _inner_transform(optimizer, head: AbstractHead, rate_and_count) -> optax.GradientTransformation:
+    """``optimizer(rate)``, with the updates of the leaves ``head.frozen`` marks set to zero,
+    and its step counters starting at ``count`` instead of 0 when one is given."""
+    rate, count = rate_and_count
+    opt = optimizer(rate)
+    if not isinstance(head, (JointHead, ClosedFormHead)):  # those freeze nothing
+        opt = optax.chain(opt, optax.masked(optax.set_to_zero(), lambda p: head.frozen(p)))
+    if count is None:
         return opt
-    return optax.chain(opt, optax.masked(optax.set_to_zero(), lambda p: head.frozen(p)))
+
+    def init(params):
+        # Adam's bias correction reads the counter: starting it at the pool model's age is what
+        # the released code's reuse of the pool model's optimizer state amounts to.
+        return optax.tree_utils.tree_set(opt.init(params), count=jnp.asarray(count, jnp.int32))
+
+    return optax.GradientTransformation(init, opt.update)
 
 
 def clip_to_direct(implicit: SupportSet, direct: SupportSet) -> SupportSet:
@@ -205,6 +218,7 @@ def meta_loss(
     lrs: LearningRates,
     constant: SupportSet | None = None,
     inner: SupportSet | None = None,
+    inner_count: Array | None = None,
 ) -> tuple[Array, MetaInfo]:
     """The outer loss of one meta-step; ``jax.grad`` of it is the meta-gradient (direct +
     implicit) with respect to ``support``.
@@ -226,6 +240,9 @@ def meta_loss(
             (through the prediction on the target batch and the label margin) and with respect
             to ``inner`` the implicit part (through the inner solution). ``None``: ``support``
             plays both roles.
+        inner_count: where the inner optimizer's step counters start (the pool model's age in
+            the released code, whose inner solve continues the pool model's Adam state);
+            ``None``: 0.
     """
     inner = support if inner is None else inner
 
@@ -241,7 +258,7 @@ def meta_loss(
 
     net = algorithm.network(model0)
     x_i, y_i = batch(inner)
-    solution = algorithm.solve_inner(net, x_i, y_i, l2, lrs)
+    solution = algorithm.solve_inner(net, x_i, y_i, l2, lrs, inner_count)
     delta, info = solution.value, solution.stats
     x_s, y_s = batch(support)
     outputs = algorithm.head.predict(delta, net, x_s, y_s, l2, x_target)

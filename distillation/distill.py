@@ -79,6 +79,10 @@ class DistillConfig:
             fixed rates.
         ema_decay: the result (exported, evaluated) is the bias-corrected exponential moving
             average of the support set with this decay; 0: the last iterate.
+        inner_count_from_pool: the inner optimizer's step counter starts at the pool model's
+            age (its training steps so far): the released code's inner solve continues the pool
+            model's optimizer state, whose counter Adam's bias correction reads (its moments
+            are zero there, so only the counter carries over). ``False``: from 0.
         center_labels: initial labels ``one-hot − 1/K`` (the released code) instead of one-hot.
         l2_counts_mirrors: ``λ`` counts the mirrors of the flip strategy (this project's earlier
             reading of ``0.0005·|S|``); the released code counts the learned images only.
@@ -101,6 +105,7 @@ class DistillConfig:
     pool_lr: float = 5e-5
     pool_max_steps: int = 15
     ema_decay: float = 0.99
+    inner_count_from_pool: bool = True
     center_labels: bool = True
     l2_counts_mirrors: bool = False
     flip: bool = False
@@ -410,6 +415,7 @@ def make_step(
                 state.lrs,
                 constant=const,
                 inner=inner_support(implicit, config),
+                inner_count=state.pool.ages[index] if config.inner_count_from_pool else None,
             )
 
         diff_part = state.support if sub_index is None else _take(state.support, sub_index)

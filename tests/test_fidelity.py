@@ -326,3 +326,22 @@ def test_released_evaluation_tail_runs_rounds_of_500_steps_at_the_floor_rate():
     schedule = _schedule(tail, tail.train_steps(10))
     assert float(schedule(1000)) == pytest.approx(1e-6, rel=1e-3)  # 1 % of 1e-4
     assert float(schedule(2400)) == pytest.approx(1e-6, rel=1e-3)
+
+
+def test_inner_adam_continues_the_pool_models_step_count():
+    """The released inner solve reuses the pool model's Adam state: zero moments, but a counter
+    at the model's age, which Adam's bias correction reads. A hand-written Adam from t = age."""
+    from distillation.algorithms import vig
+
+    target = jnp.asarray([1.0, -2.0, 0.5])
+    loss = lambda p: jnp.sum((p - target) ** 2 * jnp.asarray([1.0, 3.0, 0.2]))  # noqa: E731
+    lr, age, steps = 0.05, 7, 5
+    got, _, _ = vig(n_inner=steps).minimizer(jnp.asarray(lr), jnp.asarray(age))(loss, jnp.zeros(3))
+    p, m, v = jnp.zeros(3), jnp.zeros(3), jnp.zeros(3)
+    for t in range(age + 1, age + steps + 1):
+        g = jax.grad(loss)(p)
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g**2
+        p = p - lr * (m / (1 - 0.9**t)) / (jnp.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    np.testing.assert_allclose(got, p, rtol=1e-5)
+    fresh, _, _ = vig(n_inner=steps).minimizer(jnp.asarray(lr))(loss, jnp.zeros(3))
+    assert float(jnp.max(jnp.abs(fresh - got))) > 1e-3  # the counter does change the steps
