@@ -2,16 +2,20 @@
 
 Public names:
 
-* Algorithms (compositions): :func:`vig`, :func:`cig`, :func:`rig`, :func:`rcig`, :func:`frepo`,
+* Algorithms (compositions): :func:`vig`, :func:`cig`, :func:`rig`, :func:`rcig`,
+  :func:`rcig_paper_text`, :func:`frepo`,
   :class:`Algorithm`, :func:`meta_loss`, :class:`SupportSet`, :class:`LearningRates`.
 * Pieces: :func:`conv_net`, :class:`ConvNet`, :class:`StandardNetwork`,
   :class:`LinearizedNetwork`, :func:`linearize`, :class:`Partitioned`, :func:`map_batch`,
   :func:`remat_map`, :class:`JointHead`, :class:`ClosedFormHead`,
-  :func:`closed_form_head`, :func:`platt_cross_entropy`, :func:`mean_squared_error`,
-  :class:`ModelPool`, :class:`LearningRateTuner`, :func:`dsa_augment`.
+  :class:`KRRHead`, :func:`closed_form_head`, :func:`label_margin`,
+  :func:`platt_cross_entropy`, :func:`mean_squared_error`, :func:`clip_to_direct`,
+  :class:`ModelPool`, :class:`LearningRateTuner`, :func:`classify_trace`,
+  :func:`released_preround`, :func:`released_schedule`, :func:`dsa_augment`,
+  :func:`released_augment`.
 * The loop: :class:`DistillConfig`, :func:`distill`, :func:`make_step`,
   :func:`make_tune_step`, :func:`init_state`, :func:`init_support`, :func:`random_subset`,
-  :func:`make_pool`, :func:`meta_optimizer`.
+  :func:`make_pool`, :func:`meta_optimizer`, :func:`ema_support`, :func:`epoch_batch`.
 * Data, evaluation, export: :func:`load_dataset`, :class:`ImageDataset`, :class:`Preprocessor`,
   :class:`EvalConfig`, :func:`evaluate_support`, :func:`save_distilled`, :func:`load_distilled`,
   :func:`import_official` and :func:`read_flax_msgpack` (the authors' released checkpoints).
@@ -22,19 +26,23 @@ from distillation.algorithms import (
     LearningRates,
     SupportSet,
     cig,
+    clip_to_direct,
     frepo,
     meta_loss,
     rcig,
+    rcig_paper_text,
     rig,
     vig,
 )
-from distillation.augment import dsa_augment
+from distillation.augment import dsa_augment, released_augment
 from distillation.data import ImageDataset, Preprocessor, load_dataset
 from distillation.distill import (
     DistillConfig,
     DistillResult,
     Snapshot,
     distill,
+    ema_support,
+    epoch_batch,
     init_state,
     init_support,
     make_pool,
@@ -57,27 +65,35 @@ from distillation.networks import (
 from distillation.objectives import (
     ClosedFormHead,
     JointHead,
+    KRRHead,
     closed_form_head,
+    label_margin,
     mean_squared_error,
     platt_cross_entropy,
 )
 from distillation.official import import_official, read_flax_msgpack
 from distillation.pool import ModelPool
-from distillation.tuning import LearningRateTuner
+from distillation.tuning import (
+    LearningRateTuner,
+    classify_trace,
+    released_preround,
+    released_schedule,
+)
 
 __all__ = [
     "Algorithm",
     "ClosedFormHead",
     "ConvNet",
     "DistillConfig",
-    "DistillResult",
     "DistilledSet",
+    "DistillResult",
     "EvalConfig",
     "EvalResult",
     "ImageDataset",
     "JointHead",
-    "LearningRateTuner",
+    "KRRHead",
     "LearningRates",
+    "LearningRateTuner",
     "LinearizedNetwork",
     "ModelPool",
     "Partitioned",
@@ -86,15 +102,20 @@ __all__ = [
     "StandardNetwork",
     "SupportSet",
     "cig",
+    "classify_trace",
+    "clip_to_direct",
     "closed_form_head",
     "conv_net",
     "distill",
     "dsa_augment",
+    "ema_support",
+    "epoch_batch",
     "evaluate_support",
     "frepo",
     "import_official",
     "init_state",
     "init_support",
+    "label_margin",
     "linearize",
     "load_dataset",
     "load_distilled",
@@ -106,9 +127,13 @@ __all__ = [
     "meta_loss",
     "meta_optimizer",
     "platt_cross_entropy",
-    "read_flax_msgpack",
     "random_subset",
     "rcig",
+    "rcig_paper_text",
+    "read_flax_msgpack",
+    "released_augment",
+    "released_preround",
+    "released_schedule",
     "remat_map",
     "rig",
     "save_distilled",
