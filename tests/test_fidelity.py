@@ -345,3 +345,27 @@ def test_inner_adam_continues_the_pool_models_step_count():
     np.testing.assert_allclose(got, p, rtol=1e-5)
     fresh, _, _ = vig(n_inner=steps).minimizer(jnp.asarray(lr))(loss, jnp.zeros(3))
     assert float(jnp.max(jnp.abs(fresh - got))) > 1e-3  # the counter does change the steps
+
+
+def test_command_line_defaults_follow_the_released_configs():
+    """`rcig distill` without options: Table 7's iterations for real datasets, target batch
+    1024, the released learning-rate procedure, 1-15 pool steps, EMA 0.99; flip on for RGB up to
+    1000 images, and off with subsets of 2000 above (the CIFAR-100 50-ipc config)."""
+    from types import SimpleNamespace
+
+    from distillation.cli import _distill_config, _resolve, build_parser
+
+    rgb = SimpleNamespace(image_shape=(32, 32, 3), num_classes=100, grayscale=False)
+    gray = SimpleNamespace(image_shape=(28, 28, 1), num_classes=10, grayscale=True)
+    parse = build_parser().parse_args
+    s = _resolve(parse(["distill", "--dataset", "x", "--ipc", "10"]), rgb)
+    assert (s["steps"], s["flip"], s["n_subset"]) == (10000, True, None)
+    s = _resolve(parse(["distill", "--dataset", "x", "--ipc", "50"]), rgb)
+    assert (s["steps"], s["flip"], s["n_subset"]) == (5000, False, 2000)
+    s = _resolve(parse(["distill", "--dataset", "x"]), gray)
+    assert (s["steps"], s["flip"], s["target_batch"]) == (15000, False, 1024)
+    config = _distill_config(s, 100)
+    assert (config.lr_tuning, config.pool_max_steps, config.ema_decay) == ("released", 15, 0.99)
+    assert (config.pool_lr, config.init_temperature, config.center_labels) == (5e-5, 1.0, True)
+    with pytest.raises(SystemExit):
+        parse(["distill", "--ema", "1.5"])
