@@ -295,9 +295,9 @@ def epoch_batch(data_key: Array, position: Array, n: int, batch: int) -> Array:
     first = position // n
     spans = batch // n + 2  # the epochs a batch can touch
     perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), n))(
-        first + jnp.arange(spans)
+        first + jnp.arange(spans, dtype=position.dtype)
     )
-    where = position + jnp.arange(batch)
+    where = position + jnp.arange(batch, dtype=position.dtype)
     return perms[where // n - first, where % n]
 
 
@@ -520,18 +520,12 @@ def make_tune_step(
         k_model, k_batch = jax.random.split(key)
         model0 = pool.model(state.pool, jax.random.randint(k_model, (), 0, pool.size))
         x_t, y_t = _sample_target(k_batch, x_train, y_train, config)
-        support = inner_support(state.support, config)
-        images: Array | Partitioned
-        images = support.images
-        k = config.n_subset
-        if k is not None and k < images.shape[0]:
-            # As in the step under subsampling: at most 2·n_subset images' activations live.
-            images = Partitioned(images[:k], images[k:], chunk=k)
+        images, labels = _probe_support(state, config)
         lrs = tuner.probe(
             algorithm,
             algorithm.network(model0),
             images,
-            support.labels,
+            labels,
             l2_strength(state.support, config),
             x_t,
             y_t,
@@ -557,25 +551,33 @@ def make_preround_probe(
         k_model, k_batch = jax.random.split(key)
         model0 = pool.make_model(k_model)
         x_t, y_t = _sample_target(jax.random.fold_in(k_batch, call), x_train, y_train, config)
-        support = inner_support(state.support, config)
-        images: Array | Partitioned = support.images
-        k = config.n_subset
-        if k is not None and k < support.images.shape[0]:
-            images = Partitioned(support.images[:k], support.images[k:], chunk=k)
+        images, labels = _probe_support(state, config)
         inner_trace, hessian_trace = solve_traces(
             algorithm,
             algorithm.network(model0),
             images,
-            support.labels,
+            labels,
             l2_strength(state.support, config),
             x_t,
             y_t,
             state.support.log_temperature,
             lrs,
         )
-        return classify_trace(inner_trace), classify_trace(hessian_trace)
+        # run_rcig classifies the values before each step (the last point excluded).
+        return classify_trace(inner_trace[:-1]), classify_trace(hessian_trace[:-1])
 
     return probe
+
+
+def _probe_support(state: DistillState, config: DistillConfig) -> tuple[Array | Partitioned, Array]:
+    """The support set as a learning-rate probe sees it (with mirrors under the flip strategy);
+    as in the step under subsampling, at most ``2·n_subset`` images' activations live."""
+    support = inner_support(state.support, config)
+    k = config.n_subset
+    if k is not None and k < support.images.shape[0]:
+        images = Partitioned(support.images[:k], support.images[k:], chunk=k)
+        return images, support.labels
+    return support.images, support.labels
 
 
 def _norm(tree) -> Array:

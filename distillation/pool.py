@@ -94,7 +94,7 @@ class ModelPool(eqx.Module):
         model = self.model(state, index)
         opt_state = jax.tree_util.tree_map(lambda a: a[index], state.opt_states)
         k_count, k_fresh = jax.random.split(key)
-        count = jax.random.randint(k_count, (), 1, self.max_steps + 1)
+        count = jax.random.randint(k_count, (), 1, self.max_steps + 1, dtype=state.ages.dtype)
 
         def loss_fn(m):
             # ½ mean over images and classes (the released code's Σ ½(f − y)² / (N·K)).

@@ -116,12 +116,14 @@ def released_preround(
 def solve_traces(
     algorithm: Algorithm, net, x_s, y_s, l2, x_t, y_t, log_temperature, lrs: LearningRates
 ) -> tuple[Array, Array]:
-    """The loss traces of one meta-step's inner solve (before each step) and Hessian-inverse
-    solve (the quadratic before each step), with the rates ``lrs``."""
+    """The loss traces of one meta-step's inner solve and Hessian-inverse solve (the quadratic),
+    with the rates ``lrs``: the values before each step and at the returned point (``steps + 1``
+    entries each; the Hessian one empty when there is no tuned ``AdamQuadratic``)."""
     head = algorithm.head
     delta, info, _ = algorithm.minimizer(lrs.inner)(
         head.inner_loss, head.init(net), net, x_s, y_s, l2
     )
+    inner_trace = jnp.append(info.loss_trace, info.loss)
     hessian_trace = jnp.zeros((0,), jnp.float32)
     if algorithm.linear_solver is None and algorithm.n_hessian > 0:
         g = jax.grad(
@@ -134,8 +136,8 @@ def solve_traces(
             return bilevel.hvp(head.inner_loss, delta, v, net, x_s, y_s, l2)
 
         _, trace = algorithm.hessian_solver(lrs.hessian).solve_with_trace(matvec, g)
-        hessian_trace = trace[: algorithm.n_hessian]
-    return info.loss_trace, hessian_trace
+        hessian_trace = trace
+    return inner_trace, hessian_trace
 
 
 class LearningRateTuner(eqx.Module):
@@ -175,23 +177,11 @@ class LearningRateTuner(eqx.Module):
         self, algorithm: Algorithm, net, x_s, y_s, l2, x_t, y_t, log_temperature, lrs: LearningRates
     ) -> LearningRates:
         """Rerun the inner and Hessian-inverse solves with traces and adjust both rates."""
-        head = algorithm.head
-        delta, info, _ = algorithm.minimizer(lrs.inner)(
-            head.inner_loss, head.init(net), net, x_s, y_s, l2
+        inner_trace, hessian_trace = solve_traces(
+            algorithm, net, x_s, y_s, l2, x_t, y_t, log_temperature, lrs
         )
-        inner_trace = jnp.append(info.loss_trace, info.loss)
         inner = self.adjust(lrs.inner, inner_trace) if algorithm.n_inner > 0 else lrs.inner
         hessian = lrs.hessian
-        if algorithm.linear_solver is None and algorithm.n_hessian > 0:
-            g = jax.grad(
-                lambda d: algorithm.outer_loss(
-                    head.predict(d, net, x_s, y_s, l2, x_t), y_t, log_temperature
-                )
-            )(delta)
-
-            def matvec(v):
-                return bilevel.hvp(head.inner_loss, delta, v, net, x_s, y_s, l2)
-
-            _, trace = algorithm.hessian_solver(lrs.hessian).solve_with_trace(matvec, g)
-            hessian = self.adjust(lrs.hessian, trace)
+        if hessian_trace.shape[0] > 0:
+            hessian = self.adjust(lrs.hessian, hessian_trace)
         return LearningRates(inner, hessian)
