@@ -220,6 +220,8 @@ def _pool(max_steps, unroll, reset_every=100):
     return ModelPool(make_model, 3, reset_every, optax.sgd(0.1), max_steps, unroll)
 
 
+# slow: a compile per transform / per pool variant (~10 s each on 2 cores)
+@pytest.mark.slow
 def test_pool_steps_per_selection_are_uniform_from_one_to_max_and_ages_start_at_zero():
     x = jax.random.normal(jax.random.key(0), (5, 8, 8, 1))
     y = jax.nn.one_hot(jnp.arange(5) % 3, 3)
@@ -293,6 +295,8 @@ def test_ema_is_the_bias_corrected_average_of_the_iterates():
     assert ema_support(state, 0.0) is state.support
 
 
+# slow: a compile per transform / per pool variant (~10 s each on 2 cores)
+@pytest.mark.slow
 def test_released_augment_applies_exactly_one_transform_per_image(x64):
     # float64: the batched and the one-image resampling differ only by rounding (1e-12).
     for grayscale, channels in ((False, 3), (True, 1)):
