@@ -28,14 +28,7 @@ from profile_step import conv_placement
 
 from distillation.algorithms import vig
 from distillation.data import load_dataset
-from distillation.distill import (
-    DistillConfig,
-    distill,
-    init_state,
-    init_support,
-    make_pool,
-    make_step,
-)
+from distillation.distill import DistillConfig, Distiller, distill, init_support
 from distillation.models import ConvBody, _activation, _normalise
 
 EXPLICIT_PAD = ConvBody.__call__
@@ -57,12 +50,15 @@ VARIANTS = {"explicit pad (current)": EXPLICIT_PAD, "padding in the convolution"
 
 
 def placement(dataset, config) -> tuple[int, int]:
-    pool = make_pool(dataset.image_shape, dataset.num_classes, config)
+    distiller = Distiller.build(
+        vig(), config, image_shape=dataset.image_shape, num_classes=dataset.num_classes
+    )
     support = init_support(dataset.x_train, dataset.y_train, 10, 10, key=jax.random.key(0))
-    state = init_state(support, pool, config, key=jax.random.key(1))
+    state = distiller.init(support, key=jax.random.key(1))
     x = jnp.asarray(dataset.x_train)
     y = jax.nn.one_hot(jnp.asarray(dataset.y_train), 10)
-    hlo = jax.jit(make_step(vig(), pool, config)).lower(state, x, y).compile().as_text()
+    batch = distiller.next_batch(state, x, y)
+    hlo = jax.jit(distiller.step).lower(state, batch).compile().as_text()
     return conv_placement(hlo)
 
 

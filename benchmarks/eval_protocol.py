@@ -23,7 +23,7 @@ import numpy as np
 from iteration_time import DATA, ROOT
 
 from distillation.data import load_dataset
-from distillation.distill import random_subset
+from distillation.distill import init_support
 from distillation.evaluate import EvalConfig, evaluate_support
 
 # name -> (EvalConfig changes, label transform, ZCA)
@@ -63,7 +63,9 @@ def main(argv=None):
         ds = datasets[zca]
         per_seed = []
         for seed in seeds:
-            subset = random_subset(ds.x_train, ds.y_train, 10, args.ipc, key=jax.random.key(seed))
+            subset = init_support(  # the random-subset baseline's draw (one-hot labels)
+                ds.x_train, ds.y_train, 10, args.ipc, key=jax.random.key(seed), init_temperature=0.1
+            )
             labels = np.asarray(subset.labels)
             if labels_fn == "centre":
                 labels = labels - 1.0 / labels.shape[1]

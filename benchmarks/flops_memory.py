@@ -33,7 +33,7 @@ from iteration_time import DATA, ROOT, _timed
 
 from distillation.algorithms import rcig
 from distillation.data import load_dataset
-from distillation.distill import DistillConfig, init_state, init_support, make_pool, make_step
+from distillation.distill import DistillConfig, Distiller, init_support
 
 MiB = 2**20
 
@@ -49,12 +49,16 @@ def matmul_gflops(n: int, repeats: int = 5) -> float:
 
 def _setup(dataset, width, ipc, algorithm, **config_kwargs):
     config = DistillConfig(width=width, flip=not dataset.grayscale, **config_kwargs)
-    pool = make_pool(dataset.image_shape, dataset.num_classes, config)
+    distiller = Distiller.build(
+        algorithm, config, image_shape=dataset.image_shape, num_classes=dataset.num_classes
+    )
     support = init_support(
         dataset.x_train, dataset.y_train, dataset.num_classes, ipc, key=jax.random.key(0)
     )
-    state = init_state(support, pool, config, key=jax.random.key(1))
-    step = jax.jit(make_step(algorithm, pool, config), donate_argnums=0)
+    state = distiller.init(support, key=jax.random.key(1))
+    step = jax.jit(
+        lambda s, x, y: distiller.step(s, distiller.next_batch(s, x, y)), donate_argnums=0
+    )
     x = jnp.asarray(dataset.x_train)
     y = jax.nn.one_hot(jnp.asarray(dataset.y_train), dataset.num_classes)
     return step, state, x, y

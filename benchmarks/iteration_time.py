@@ -24,15 +24,7 @@ import numpy as np
 
 from distillation.algorithms import ALGORITHMS
 from distillation.data import load_dataset
-from distillation.distill import (
-    DistillConfig,
-    init_state,
-    init_support,
-    make_pool,
-    make_step,
-    make_tune_step,
-)
-from distillation.tuning import LearningRateTuner
+from distillation.distill import DistillConfig, Distiller, init_support
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = {
@@ -51,16 +43,17 @@ def time_steps(dataset, method, width, ipc, repeats, warmup, tune_every=10):
     flip = not dataset.grayscale
     config = DistillConfig(width=width, flip=flip, tune_every=tune_every)
     algorithm = ALGORITHMS[method]()
-    pool = make_pool(dataset.image_shape, dataset.num_classes, config)
+    distiller = Distiller.build(
+        algorithm, config, image_shape=dataset.image_shape, num_classes=dataset.num_classes
+    )
     support = init_support(
         dataset.x_train, dataset.y_train, dataset.num_classes, ipc, key=jax.random.key(0)
     )
-    state = init_state(support, pool, config, key=jax.random.key(1))
-    step = jax.jit(make_step(algorithm, pool, config), donate_argnums=0)
-    tune = jax.jit(
-        make_tune_step(algorithm, pool, config, LearningRateTuner(every=tune_every)),
-        donate_argnums=0,
+    state = distiller.init(support, key=jax.random.key(1))
+    step = jax.jit(
+        lambda s, x, y: distiller.step(s, distiller.next_batch(s, x, y)), donate_argnums=0
     )
+    tune = jax.jit(distiller.probe, donate_argnums=0)
     x = jnp.asarray(dataset.x_train)
     y = jax.nn.one_hot(jnp.asarray(dataset.y_train), dataset.num_classes)
     (state, _), compile_step = _timed(step, state, x, y)

@@ -120,8 +120,8 @@ def accuracy(args) -> None:
                     "width": args.width,
                     "steps": args.steps,
                     "learning_rates": [
-                        float(result.learning_rates.inner),
-                        float(result.learning_rates.hessian),
+                        result.learning_rates[0],
+                        result.learning_rates[1],
                     ],
                     "points": points,
                     "load": os.getloadavg(),
@@ -223,15 +223,13 @@ def _ours_siter(width: int, iters: int) -> float:
         width=width,
         flip=False,
         lr_tuning="none",
-        inner_lr=1.4e-3,
-        hessian_lr=17.6,
         log_every=1,
     )
     result = distill(
         dataset.x_train,
         dataset.y_train,
         dataset.num_classes,
-        rcig(),
+        rcig(inner_lr=1.4e-3, hessian_lr=17.6),
         1,
         config,
         key=jax.random.key(0),

@@ -26,7 +26,6 @@ Writes ``benchmarks/results/subsampling_memory.json`` and
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
@@ -38,29 +37,25 @@ from iteration_time import DATA, ROOT, _timed
 
 from distillation.algorithms import rcig
 from distillation.data import load_dataset
-from distillation.distill import (
-    DistillConfig,
-    init_state,
-    init_support,
-    make_pool,
-    make_step,
-    make_tune_step,
-)
-from distillation.tuning import LearningRateTuner
+from distillation.distill import DistillConfig, Distiller, init_support
 
 
 def _programs(dataset, width, ipc, n_subset, unroll):
     config = DistillConfig(width=width, n_subset=n_subset)
-    algorithm = dataclasses.replace(rcig(), unroll=unroll)
-    pool = make_pool(dataset.image_shape, dataset.num_classes, config)
+    algorithm = rcig(unroll=unroll)
+    distiller = Distiller.build(
+        algorithm, config, image_shape=dataset.image_shape, num_classes=dataset.num_classes
+    )
     support = init_support(
         dataset.x_train, dataset.y_train, dataset.num_classes, ipc, key=jax.random.key(0)
     )
-    state = init_state(support, pool, config, key=jax.random.key(1))
+    state = distiller.init(support, key=jax.random.key(1))
     x = jnp.asarray(dataset.x_train)
     y = jax.nn.one_hot(jnp.asarray(dataset.y_train), dataset.num_classes)
-    step = jax.jit(make_step(algorithm, pool, config), donate_argnums=0)
-    tune = jax.jit(make_tune_step(algorithm, pool, config, LearningRateTuner()))
+    step = jax.jit(
+        lambda s, x, y: distiller.step(s, distiller.next_batch(s, x, y)), donate_argnums=0
+    )
+    tune = jax.jit(distiller.probe)
     return step, tune, state, x, y
 
 

@@ -1,21 +1,27 @@
 """``distillation``: RCIG dataset distillation (Loo et al., ICML 2023) built on ``bilevel``.
 
-Public names:
+Public names (``docs/architecture.md`` shows how they fit together):
 
-* Algorithms (compositions): :func:`vig`, :func:`cig`, :func:`rig`, :func:`rcig`,
-  :func:`rcig_paper_text`, :func:`frepo`,
-  :class:`Algorithm`, :func:`meta_loss`, :class:`SupportSet`, :class:`LearningRates`.
+* Algorithms — compositions of five pieces: :class:`Algorithm` (network, final layer, inner
+  solver, hypergradient, outer loss); the factories :func:`vig`, :func:`cig`, :func:`rig`,
+  :func:`rcig`, :func:`rcig_paper_text`, :func:`frepo`, :func:`random_subset` (one keyword
+  signature), :func:`compose`; the pieces' builders :func:`inner_solver`,
+  :func:`implicit_adam`; :class:`InnerProblem`, :class:`InnerRate`, :class:`SupportSet`,
+  :func:`meta_loss`, :func:`clip_to_direct`.
 * Pieces: :func:`conv_net`, :class:`ConvNet`, :class:`StandardNetwork`,
   :class:`LinearizedNetwork`, :func:`linearize`, :class:`Partitioned`, :func:`map_batch`,
-  :func:`remat_map`, :class:`JointHead`, :class:`ClosedFormHead`,
-  :class:`KRRHead`, :func:`closed_form_head`, :func:`label_margin`,
-  :func:`platt_cross_entropy`, :func:`mean_squared_error`, :func:`clip_to_direct`,
-  :class:`ModelPool`, :class:`LearningRateTuner`, :func:`classify_trace`,
-  :func:`released_preround`, :func:`released_schedule`, :func:`dsa_augment`,
-  :func:`released_augment`.
-* The loop: :class:`DistillConfig`, :func:`distill`, :func:`make_step`,
-  :func:`make_tune_step`, :func:`init_state`, :func:`init_support`, :func:`random_subset`,
-  :func:`make_pool`, :func:`meta_optimizer`, :func:`ema_support`, :func:`epoch_batch`.
+  :func:`remat_map`, :class:`JointHead`, :class:`ClosedFormHead`, :class:`KRRHead`,
+  :func:`closed_form_head`, :func:`ridge_dual`, :func:`label_margin`,
+  :func:`platt_cross_entropy`, :func:`mean_squared_error`, :class:`ModelPool`,
+  :class:`LearningRateTuner`, :func:`classify_trace`, :func:`released_preround`,
+  :func:`released_schedule`, :func:`dsa_augment`, :func:`released_augment`.
+* The step: :class:`DistillConfig`, :class:`Distiller` (``init`` / ``next_batch`` / ``step``),
+  :class:`DistillState`, :func:`init_support`, :func:`meta_optimizer`, :func:`ema_support`,
+  :func:`epoch_batch`, :func:`data_parallel_mesh`, :func:`shard_state`.
+* The run: :func:`run` with the callbacks :class:`Callback`, :class:`ProgressBar`,
+  :class:`History`, :class:`Checkpointer`, :class:`Snapshots`, :class:`SignalStop`;
+  :func:`distill` (a whole run from arrays) returning :class:`DistillResult`;
+  :class:`Interrupted`, :class:`RunFailed`, :class:`InterruptGuard`.
 * Data, evaluation, export: :func:`load_dataset`, :class:`ImageDataset`, :class:`Preprocessor`,
   :class:`EvalConfig`, :func:`evaluate_support`, :func:`save_distilled`, :func:`load_distilled`,
   :func:`import_official` and :func:`read_flax_msgpack` (the authors' released checkpoints).
@@ -23,36 +29,51 @@ Public names:
 
 from distillation.algorithms import (
     Algorithm,
-    LearningRates,
+    InnerRate,
     SupportSet,
     cig,
     clip_to_direct,
+    compose,
     frepo,
+    implicit_adam,
+    inner_solver,
     meta_loss,
+    random_subset,
     rcig,
     rcig_paper_text,
     rig,
     vig,
 )
 from distillation.augment import dsa_augment, released_augment
+from distillation.checkpoint import RunFailed
 from distillation.data import ImageDataset, Preprocessor, load_dataset
 from distillation.distill import (
     DistillConfig,
+    Distiller,
     DistillResult,
+    DistillState,
     Snapshot,
+    data_parallel_mesh,
     distill,
     ema_support,
     epoch_batch,
-    init_state,
     init_support,
-    make_pool,
-    make_step,
-    make_tune_step,
     meta_optimizer,
-    random_subset,
+    shard_state,
 )
 from distillation.evaluate import EvalConfig, EvalResult, evaluate_support
 from distillation.export import DistilledSet, load_distilled, save_distilled
+from distillation.interrupts import InterruptGuard
+from distillation.loop import (
+    Callback,
+    Checkpointer,
+    History,
+    Interrupted,
+    ProgressBar,
+    SignalStop,
+    Snapshots,
+    run,
+)
 from distillation.models import ConvNet, conv_net
 from distillation.networks import (
     LinearizedNetwork,
@@ -64,12 +85,14 @@ from distillation.networks import (
 )
 from distillation.objectives import (
     ClosedFormHead,
+    InnerProblem,
     JointHead,
     KRRHead,
     closed_form_head,
     label_margin,
     mean_squared_error,
     platt_cross_entropy,
+    ridge_dual,
 )
 from distillation.official import import_official, read_flax_msgpack
 from distillation.pool import ModelPool
@@ -82,46 +105,58 @@ from distillation.tuning import (
 
 __all__ = [
     "Algorithm",
+    "Callback",
+    "Checkpointer",
     "ClosedFormHead",
     "ConvNet",
     "DistillConfig",
-    "DistilledSet",
     "DistillResult",
+    "DistillState",
+    "DistilledSet",
+    "Distiller",
     "EvalConfig",
     "EvalResult",
+    "History",
     "ImageDataset",
+    "InnerProblem",
+    "InnerRate",
+    "InterruptGuard",
+    "Interrupted",
     "JointHead",
     "KRRHead",
-    "LearningRates",
     "LearningRateTuner",
     "LinearizedNetwork",
     "ModelPool",
     "Partitioned",
     "Preprocessor",
+    "ProgressBar",
+    "RunFailed",
+    "SignalStop",
     "Snapshot",
+    "Snapshots",
     "StandardNetwork",
     "SupportSet",
     "cig",
     "classify_trace",
     "clip_to_direct",
     "closed_form_head",
+    "compose",
     "conv_net",
+    "data_parallel_mesh",
     "distill",
     "dsa_augment",
     "ema_support",
     "epoch_batch",
     "evaluate_support",
     "frepo",
+    "implicit_adam",
     "import_official",
-    "init_state",
     "init_support",
+    "inner_solver",
     "label_margin",
     "linearize",
     "load_dataset",
     "load_distilled",
-    "make_pool",
-    "make_step",
-    "make_tune_step",
     "map_batch",
     "mean_squared_error",
     "meta_loss",
@@ -135,7 +170,10 @@ __all__ = [
     "released_preround",
     "released_schedule",
     "remat_map",
+    "ridge_dual",
     "rig",
+    "run",
     "save_distilled",
+    "shard_state",
     "vig",
 ]

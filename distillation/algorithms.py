@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array
 
@@ -41,6 +42,7 @@ from distillation.networks import (
 from distillation.objectives import (
     AbstractHead,
     ClosedFormHead,
+    InnerProblem,
     JointHead,
     KRRHead,
     Precision,
@@ -61,11 +63,13 @@ class SupportSet(eqx.Module):
     log_temperature: Array
 
 
-class LearningRates(NamedTuple):
-    """The automatically tuned learning rates (arrays, so changing them does not recompile)."""
+class InnerRate(NamedTuple):
+    """The inner optimizer's argument: its learning rate and where its step counters start
+    (both pytree leaves of :attr:`Algorithm.inner_solver`, so both are traced and tuned or
+    changed by replacing leaves, without recompiling)."""
 
-    inner: Array
-    hessian: Array
+    rate: Array
+    step_count: Array
 
 
 class MetaInfo(NamedTuple):
@@ -79,119 +83,214 @@ class MetaInfo(NamedTuple):
 
 
 class Algorithm(eqx.Module):
-    """A composition of pieces; build one with :func:`vig`, :func:`cig`, :func:`rig`,
-    :func:`rcig` or :func:`frepo`.
+    """A dataset-distillation algorithm as a composition of five pieces; build one with
+    :func:`vig`, :func:`cig`, :func:`rig`, :func:`rcig`, :func:`rcig_paper_text`, :func:`frepo`
+    or :func:`random_subset`, or directly (``docs/architecture.md`` has an example).
 
     Attributes:
         name: for logs and exports.
-        network: the inner model's parameterisation (a class from ``networks``).
-        head: how the final layer is treated (``JointHead`` or ``ClosedFormHead``).
+        network: the inner model's parameterisation (a class from ``networks``:
+            ``LinearizedNetwork`` or ``StandardNetwork``).
+        final_layer: how the inner problem treats the final layer (``objectives``:
+            ``JointHead``, ``ClosedFormHead``, ``KRRHead``).
+        inner_solver: a ``bilevel.OptaxMinimizer`` whose ``learning_rate`` is an
+            :class:`InnerRate` (learning rate and starting step count, both leaves).
+        hypergradient: how the inner solution is differentiated: ``bilevel.Implicit(solver)``
+            (with ``bilevel.AdamQuadratic`` its learning rate is a leaf the run tunes) or
+            ``bilevel.Unrolled()``.
         outer_loss: ``(outputs, labels, log_temperature) -> scalar``.
-        n_inner: inner optimizer steps.
-        n_hessian: steps of the linear solver for ``v = H⁻¹g`` (``AdamQuadratic``).
-        linear_solver: a fixed linear solver to use instead of the tuned ``AdamQuadratic``
-            (e.g. ``bilevel.CG()`` or ``bilevel.Dense()``); ``None`` for ``AdamQuadratic``.
-        inner_optimizer: learning rate → optax optimizer for the inner problem.
         clip_implicit: clip the implicit part of the meta-gradient, leaf by leaf, to the norm
             of the direct part (:func:`clip_to_direct`; the released code does, for RIG/RCIG).
         label_margin: subtract :func:`~distillation.objectives.label_margin` of the support
             labels from the outer loss (the released code does, for RIG/RCIG).
-        normalize_rhs: solve ``H v = g`` for ``g/‖g‖`` and rescale (``AdamQuadratic``'s
-            ``normalize``); the released code does not, so its tuned Hessian learning rate
-            depends on the size of ``g``.
-        unroll: unroll the inner and Hessian-inverse loops (``lax.scan(unroll=True)``). On CPU,
-            XLA runs convolution gradients 2–27× slower inside a loop than in straight-line code
-            (``benchmarks/cpu_loops.py``); for the paper's ``n_inner = n_H = 20`` unrolling
-            costs only compile time. ``None`` (default) unrolls loops of at most
-            :data:`MAX_UNROLL` steps; ``False`` never unrolls (constant program size).
+        learns: ``False`` for the random-subset baseline (the support set is not optimised).
     """
 
     name: str = eqx.field(static=True)
     network: type[AbstractNetwork] = eqx.field(static=True)
-    head: AbstractHead = eqx.field(static=True)
+    final_layer: AbstractHead
+    inner_solver: bilevel.OptaxMinimizer
+    hypergradient: bilevel.AbstractAdjoint
     outer_loss: OuterLoss = eqx.field(static=True)
-    n_inner: int = eqx.field(static=True)
-    n_hessian: int = eqx.field(static=True)
-    linear_solver: Any = eqx.field(default=None, static=True)
-    inner_optimizer: Callable[[Any], optax.GradientTransformation] = eqx.field(
-        default=optax.adam, static=True
-    )
-    unroll: bool | None = eqx.field(default=None, static=True)
     clip_implicit: bool = eqx.field(default=False, static=True)
     label_margin: bool = eqx.field(default=False, static=True)
-    normalize_rhs: bool = eqx.field(default=True, static=True)
+    learns: bool = eqx.field(default=True, static=True)
 
     def __check_init__(self):
-        for name in ("n_inner", "n_hessian"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{self.name}: `{name}` must be an integer >= 0, got {value!r}.")
+        if not isinstance(self.inner_solver, bilevel.OptaxMinimizer) or not isinstance(
+            self.inner_solver.learning_rate, InnerRate
+        ):
+            raise ValueError(
+                f"{self.name}: `inner_solver` must be a bilevel.OptaxMinimizer whose "
+                "`learning_rate` is an InnerRate (build it with `inner_solver(...)`), got "
+                f"{self.inner_solver!r}."
+            )
+        if not isinstance(self.hypergradient, bilevel.AbstractAdjoint):
+            raise ValueError(
+                f"{self.name}: `hypergradient` must be bilevel.Implicit(...) or "
+                f"bilevel.Unrolled(...), got {self.hypergradient!r}."
+            )
+
+    @property
+    def n_inner(self) -> int:
+        return self.inner_solver.steps
+
+    @property
+    def inner_lr(self) -> Array:
+        """The inner optimizer's learning rate (a leaf)."""
+        return self.inner_solver.learning_rate.rate
+
+    @property
+    def tuned_hessian_solver(self) -> bilevel.AdamQuadratic | None:
+        """The ``AdamQuadratic`` that solves ``H v = g``, when the hypergradient uses one with
+        steps (its learning rate is tuned with the inner one); else ``None``."""
+        hyper = self.hypergradient
+        if isinstance(hyper, bilevel.Implicit) and isinstance(
+            hyper.linear_solver, bilevel.AdamQuadratic
+        ):
+            return hyper.linear_solver if hyper.linear_solver.steps > 0 else None
+        return None
+
+    @property
+    def hessian_lr(self) -> Array | None:
+        """The tuned Hessian-inverse learning rate, or ``None`` when there is none."""
+        solver = self.tuned_hessian_solver
+        return None if solver is None else jnp.asarray(solver.learning_rate)
 
     @property
     def uses_learning_rates(self) -> bool:
-        return self.n_inner > 0 or (self.n_hessian > 0 and self.linear_solver is None)
+        return self.n_inner > 0 or self.tuned_hessian_solver is not None
 
-    def minimizer(self, lr: Array, count: Array | None = None) -> bilevel.OptaxMinimizer:
-        """The inner optimizer; ``count``: where its step counters start (``None``: 0)."""
-        # The learning rate is a leaf of the minimizer (traced, tuned without recompiling).
-        return bilevel.OptaxMinimizer(
-            functools.partial(_inner_transform, self.inner_optimizer, self.head),
-            steps=self.n_inner,
-            unroll=self._unroll(self.n_inner),
-            learning_rate=(lr, count),
+    def with_learning_rates(
+        self, inner: Array | float | None = None, hessian: Array | float | None = None
+    ) -> Algorithm:
+        """The same algorithm with the inner and/or Hessian-inverse learning rate replaced
+        (``eqx.tree_at`` on the leaves; ``None`` keeps one). A Hessian rate is ignored when
+        the hypergradient has no tuned ``AdamQuadratic``."""
+        out = self
+        if inner is not None:
+            out = eqx.tree_at(
+                lambda a: a.inner_solver.learning_rate.rate, out, _like(inner, self.inner_lr)
+            )
+        solver = self.tuned_hessian_solver
+        if hessian is not None and solver is not None:
+            out = eqx.tree_at(
+                lambda a: a.hypergradient.linear_solver.learning_rate,
+                out,
+                _like(hessian, solver.learning_rate),
+            )
+        return out
+
+    def with_inner_count(self, count: Array) -> Algorithm:
+        """The same algorithm with the inner optimizer's step counters starting at ``count``."""
+        return eqx.tree_at(
+            lambda a: a.inner_solver.learning_rate.step_count, self, jnp.asarray(count, jnp.int32)
         )
 
-    def hessian_solver(self, lr: Array):
-        if self.linear_solver is not None:
-            return self.linear_solver
-        # throw=False: a diverging solve is the learning-rate tuner's signal, not an error.
-        return bilevel.AdamQuadratic(
-            steps=self.n_hessian,
-            learning_rate=lr,
-            normalize=self.normalize_rhs,
-            unroll=self._unroll(self.n_hessian),
-            throw=False,
-        )
-
-    def _unroll(self, steps: int) -> bool:
-        return steps <= MAX_UNROLL if self.unroll is None else self.unroll
-
-    def solve_inner(
-        self, net, x_s, y_s, l2, lrs: LearningRates, count: Array | None = None
-    ) -> bilevel.Solution:
-        """The inner solution, differentiable in ``(x_s, y_s)`` by implicit differentiation.
+    def solve_inner(self, problem: InnerProblem) -> bilevel.Solution:
+        """The inner solution, differentiable in the problem's support set through
+        :attr:`hypergradient`.
 
         ``throw=False``: a short fixed-step inner solve is not converged by design, and a
-        diverging one shows in the loss trace that the learning-rate tuner reads."""
+        diverging one shows in the loss trace that the learning-rate tuning reads."""
         return bilevel.argmin(
-            self.head.inner_loss,
-            self.head.init(net),
-            net,
-            x_s,
-            y_s,
-            l2,
-            minimizer=self.minimizer(lrs.inner, count),
-            adjoint=bilevel.Implicit(self.hessian_solver(lrs.hessian)),
+            self.final_layer.inner_loss,
+            self.final_layer.init(problem.network),
+            problem,
+            minimizer=self.inner_solver,
+            adjoint=self.hypergradient,
             throw=False,
         )
 
 
-def _inner_transform(optimizer, head: AbstractHead, rate_and_count) -> optax.GradientTransformation:
+def _like(value: Array | float, leaf: Any) -> Array:
+    """``value`` as a learning-rate leaf: an array keeps its dtype; a number takes ``leaf``'s."""
+    if isinstance(value, (jax.Array, np.ndarray)):
+        return jnp.asarray(value)
+    return jnp.asarray(value, jnp.result_type(leaf))
+
+
+def _as_rate(value: Array | float) -> Array:
+    """A starting learning rate: an array keeps its dtype, a number becomes float32."""
+    return (
+        jnp.asarray(value)
+        if isinstance(value, (jax.Array, np.ndarray))
+        else jnp.asarray(value, jnp.float32)
+    )
+
+
+def _inner_transform(
+    optimizer, head: AbstractHead, rate: InnerRate
+) -> optax.GradientTransformation:
     """``optimizer(rate)``, with the updates of the leaves ``head.frozen`` marks set to zero,
-    and its step counters starting at ``count`` instead of 0 when one is given."""
-    rate, count = rate_and_count
-    opt = optimizer(rate)
+    and its step counters (if it has any) starting at ``rate.step_count``."""
+    opt = optimizer(rate.rate)
     if not isinstance(head, (JointHead, ClosedFormHead)):  # those freeze nothing
         opt = optax.chain(opt, optax.masked(optax.set_to_zero(), lambda p: head.frozen(p)))
-    if count is None:
-        return opt
 
     def init(params):
         # Adam's bias correction reads the counter: starting it at the pool model's age is what
         # the released code's reuse of the pool model's optimizer state amounts to.
-        return optax.tree_utils.tree_set(opt.init(params), count=jnp.asarray(count, jnp.int32))
+        state = opt.init(params)
+        if not optax.tree_utils.tree_get_all_with_path(state, "count"):
+            return state  # an optimizer without a step counter (sgd)
+        return optax.tree_utils.tree_set(state, count=rate.step_count)
 
     return optax.GradientTransformation(init, opt.update)
+
+
+def inner_solver(
+    head: AbstractHead,
+    steps: int,
+    *,
+    optimizer: Callable[[Any], optax.GradientTransformation] = optax.adam,
+    learning_rate: float | Array = 1e-5,
+    unroll: bool | None = None,
+) -> bilevel.OptaxMinimizer:
+    """The inner solver: ``steps`` steps of ``optimizer(learning_rate)`` from ``Δ = 0``, with
+    the leaves ``head.frozen`` marks held, its learning rate and starting step count leaves
+    (:class:`InnerRate`).
+
+    Args:
+        unroll: unroll the loop (``lax.scan(unroll=True)``). On CPU, XLA runs convolution
+            gradients 2–27× slower inside a loop than in straight-line code
+            (``benchmarks/cpu_loops.py``); for the paper's ``n_inner = 20`` unrolling costs
+            only compile time. ``None``: unroll at most :data:`MAX_UNROLL` steps.
+    """
+    return bilevel.OptaxMinimizer(
+        functools.partial(_inner_transform, optimizer, head),
+        steps=steps,
+        unroll=_unroll(steps, unroll),
+        learning_rate=InnerRate(jnp.asarray(learning_rate, jnp.float32), jnp.asarray(0, jnp.int32)),
+    )
+
+
+def implicit_adam(
+    steps: int,
+    *,
+    learning_rate: float | Array = 5e-5,
+    normalize: bool = False,
+    unroll: bool | None = None,
+) -> bilevel.Implicit:
+    """The implicit hypergradient with ``v = H⁻¹g`` from ``steps`` steps of Adam on the
+    quadratic (``bilevel.AdamQuadratic``; its learning rate is the leaf the run tunes).
+
+    ``throw=False``: a diverging solve is the learning-rate tuning's signal, not an error.
+    ``normalize``: solve for ``g/‖g‖`` and rescale (the released code does not, so its tuned
+    Hessian learning rate depends on the size of ``g``)."""
+    return bilevel.Implicit(
+        bilevel.AdamQuadratic(
+            steps=steps,
+            learning_rate=_as_rate(learning_rate),
+            normalize=normalize,
+            unroll=_unroll(steps, unroll),
+            throw=False,
+        )
+    )
+
+
+def _unroll(steps: int, unroll: bool | None) -> bool:
+    return steps <= MAX_UNROLL if unroll is None else unroll
 
 
 def clip_to_direct(implicit: SupportSet, direct: SupportSet) -> SupportSet:
@@ -215,22 +314,19 @@ def meta_loss(
     x_target: Array,
     y_target: Array,
     l2: float | Array,
-    lrs: LearningRates,
     constant: SupportSet | None = None,
     inner: SupportSet | None = None,
-    inner_count: Array | None = None,
 ) -> tuple[Array, MetaInfo]:
     """The outer loss of one meta-step; ``jax.grad`` of it is the meta-gradient (direct +
     implicit) with respect to ``support``.
 
     Args:
         support: the support set being learned (the differentiated part).
-        algorithm: the composition.
+        algorithm: the composition (its solvers carry their learning rates).
         model0: the pool model ``θ₀`` (linearisation point / start of the inner problem).
         x_target: a batch of real images.
         y_target: their one-hot labels.
         l2: ``λ``.
-        lrs: inner and Hessian-inverse learning rates.
         constant: extra support images/labels that take part in the inner problem but get no
             gradient (the rest of the set under bias-free subsampling), or ``None``. They are
             evaluated as the ``remat`` part of a :class:`~distillation.networks.Partitioned`
@@ -240,124 +336,179 @@ def meta_loss(
             (through the prediction on the target batch and the label margin) and with respect
             to ``inner`` the implicit part (through the inner solution). ``None``: ``support``
             plays both roles.
-        inner_count: where the inner optimizer's step counters start (the pool model's age in
-            the released code, whose inner solve continues the pool model's Adam state);
-            ``None``: 0.
     """
     inner = support if inner is None else inner
+    net = algorithm.network(model0)
+    l2 = jnp.asarray(l2)
 
-    def batch(part: SupportSet) -> tuple[Array | Partitioned, Array]:
+    def problem(part: SupportSet) -> InnerProblem:
         if constant is None:
-            return part.images, part.labels
+            return InnerProblem(net, part.images, part.labels, l2)
         # The constant part is rematerialised in chunks the size of the differentiated part.
-        x_s = Partitioned(
+        images = Partitioned(
             part.images, jax.lax.stop_gradient(constant.images), chunk=part.images.shape[0]
         )
-        y_s = jnp.concatenate([part.labels, jax.lax.stop_gradient(constant.labels)])
-        return x_s, y_s
+        labels = jnp.concatenate([part.labels, jax.lax.stop_gradient(constant.labels)])
+        return InnerProblem(net, images, labels, l2)
 
-    net = algorithm.network(model0)
-    x_i, y_i = batch(inner)
-    solution = algorithm.solve_inner(net, x_i, y_i, l2, lrs, inner_count)
+    solution = algorithm.solve_inner(problem(inner))
     delta, info = solution.value, solution.stats
-    x_s, y_s = batch(support)
-    outputs = algorithm.head.predict(delta, net, x_s, y_s, l2, x_target)
+    target_problem = problem(support)
+    outputs = algorithm.final_layer.predict(delta, target_problem, x_target)
     loss = algorithm.outer_loss(outputs, y_target, support.log_temperature)
     if algorithm.label_margin:
-        loss = loss - label_margin(y_s)
+        loss = loss - label_margin(target_problem.labels)
     accuracy = jnp.mean(jnp.argmax(outputs, -1) == jnp.argmax(y_target, -1))
     meta_info = MetaInfo(loss, info.loss, info.grad_norm, info.loss_trace, accuracy)
     return loss, jax.lax.stop_gradient(meta_info)
 
 
-def vig(
+def compose(
+    name: str,
+    network: type[AbstractNetwork],
+    final_layer: AbstractHead,
+    outer_loss: OuterLoss,
+    *,
     n_inner: int = 20,
-    n_hessian: int = 20,
-    linear_solver=None,
-    inner_optimizer=optax.adam,
+    n_hessian: int | None = None,
+    linear_solver: Any = None,
+    inner_optimizer: Callable[[Any], optax.GradientTransformation] = optax.adam,
+    inner_lr: float = 1e-5,
+    hessian_lr: float = 5e-5,
+    unroll: bool | None = None,
+    normalize_rhs: bool = False,
+    clip_implicit: bool = False,
+    label_margin: bool = False,
+    learns: bool = True,
 ) -> Algorithm:
-    """Vanilla implicit gradients: the network trained with standard dynamics.
+    """An :class:`Algorithm` from its pieces and the solver settings every factory shares.
 
     Args:
         n_inner: inner optimizer steps.
-        n_hessian: ``AdamQuadratic`` steps for ``v = H⁻¹g``.
-        linear_solver: a fixed ``bilevel`` linear solver instead of the tuned ``AdamQuadratic``.
+        n_hessian: ``AdamQuadratic`` steps for ``v = H⁻¹g`` (default 20); only with the default
+            solver (a solver passed as ``linear_solver`` carries its own settings).
+        linear_solver: a ``bilevel`` linear solver for ``H v = g`` instead of the tuned
+            ``AdamQuadratic`` (e.g. ``bilevel.CG()``), or ``"unrolled"`` to backpropagate
+            through the inner iterations instead of the implicit function theorem.
         inner_optimizer: ``learning_rate -> optax optimizer`` for the inner problem.
+        inner_lr, hessian_lr: the starting learning rates (the released code's 1e-5, 5e-5;
+            tuned during a run).
+        unroll: unroll the inner and Hessian-inverse loops (``None``: up to
+            :data:`MAX_UNROLL` steps).
+        normalize_rhs: ``AdamQuadratic`` solves for ``g/‖g‖`` and rescales.
     """
+    for what, value in (("n_inner", n_inner), ("n_hessian", n_hessian)):
+        if value is None and what == "n_hessian":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}: `{what}` must be an integer >= 0, got {value!r}.")
+    if linear_solver is None:
+        hypergradient: bilevel.AbstractAdjoint = implicit_adam(
+            20 if n_hessian is None else n_hessian,
+            learning_rate=hessian_lr,
+            normalize=normalize_rhs,
+            unroll=unroll,
+        )
+    elif n_hessian is not None:
+        raise ValueError(
+            f"{name}: `n_hessian={n_hessian}` sets the steps of the default AdamQuadratic; with "
+            f"`linear_solver={linear_solver!r}` set the solver's own settings instead."
+        )
+    elif linear_solver == "unrolled":
+        hypergradient = bilevel.Unrolled()
+    else:
+        hypergradient = bilevel.Implicit(linear_solver)
     return Algorithm(
+        name,
+        network,
+        final_layer,
+        inner_solver(
+            final_layer, n_inner, optimizer=inner_optimizer, learning_rate=inner_lr, unroll=unroll
+        ),
+        hypergradient,
+        outer_loss,
+        clip_implicit=clip_implicit,
+        label_margin=label_margin,
+        learns=learns,
+    )
+
+
+def vig(*, precision: Precision = "float32", **solver_settings: Any) -> Algorithm:
+    """Vanilla implicit gradients: the network trained with standard dynamics, its final layer
+    with the body (:class:`JointHead`), Platt cross-entropy.
+
+    Keywords: as :func:`compose` (``n_inner``, ``n_hessian``, ``linear_solver``,
+    ``inner_optimizer``, ``inner_lr``, ``hessian_lr``, ``unroll``); ``precision`` must stay
+    ``"float32"`` (there is no ``|S|×|S|`` solve).
+    """
+    _no_gram_solve("vig", precision)
+    return compose(
         "vig",
         StandardNetwork,
         JointHead(),
         platt_cross_entropy,
-        n_inner,
-        n_hessian,
-        linear_solver,
-        inner_optimizer,
+        normalize_rhs=True,
+        **solver_settings,
     )
 
 
-def cig(
-    n_inner: int = 20,
-    n_hessian: int = 20,
-    linear_solver=None,
-    inner_optimizer=optax.adam,
-) -> Algorithm:
+def cig(*, precision: Precision = "float32", **solver_settings: Any) -> Algorithm:
     """Convexified implicit gradients: the centred linearisation, head trained with the body.
 
-    Arguments as :func:`vig`.
+    Keywords as :func:`vig`.
     """
-    return Algorithm(
+    _no_gram_solve("cig", precision)
+    return compose(
         "cig",
         LinearizedNetwork,
         JointHead(),
         platt_cross_entropy,
-        n_inner,
-        n_hessian,
-        linear_solver,
-        inner_optimizer,
+        normalize_rhs=True,
+        **solver_settings,
     )
 
 
+def _no_gram_solve(name: str, precision: str) -> None:
+    if precision != "float32":
+        raise ValueError(
+            f"{name}: `precision={precision!r}` sets the |S|×|S| solve of a kernel-ridge head; "
+            f"{name} trains its final layer with the body and has none (use rig or rcig)."
+        )
+
+
 def rig(
-    n_inner: int = 20,
-    n_hessian: int = 20,
-    linear_solver=None,
-    inner_optimizer=optax.adam,
+    *,
     precision: Precision = "float32",
     head: AbstractHead | None = None,
     clip_implicit: bool = True,
     label_margin: bool = True,
     normalize_rhs: bool = False,
+    **solver_settings: Any,
 ) -> Algorithm:
     """Implicit gradients with the kernel-ridge final layer on a standard-dynamics network.
 
-    Arguments as :func:`rcig`.
+    Keywords as :func:`rcig`.
     """
-    return _krr_algorithm(
+    return compose(
         "rig",
         StandardNetwork,
-        n_inner,
-        n_hessian,
-        linear_solver,
-        inner_optimizer,
-        precision,
-        head,
-        clip_implicit,
-        label_margin,
-        normalize_rhs,
+        KRRHead(precision) if head is None else head,
+        platt_cross_entropy,
+        clip_implicit=clip_implicit,
+        label_margin=label_margin,
+        normalize_rhs=normalize_rhs,
+        **solver_settings,
     )
 
 
 def rcig(
-    n_inner: int = 20,
-    n_hessian: int = 20,
-    linear_solver=None,
-    inner_optimizer=optax.adam,
+    *,
     precision: Precision = "float32",
     head: AbstractHead | None = None,
     clip_implicit: bool = True,
     label_margin: bool = True,
     normalize_rhs: bool = False,
+    **solver_settings: Any,
 ) -> Algorithm:
     """RCIG: centred linearisation + kernel-ridge final layer + ``AdamQuadratic`` for ``H⁻¹g``.
 
@@ -366,96 +517,78 @@ def rcig(
     normalize_rhs=True)`` (:func:`rcig_paper_text`).
 
     Args:
-        n_inner: inner optimizer steps.
-        n_hessian: ``AdamQuadratic`` steps for ``v = H⁻¹g``.
-        linear_solver: a fixed ``bilevel`` linear solver instead of the tuned ``AdamQuadratic``.
-        inner_optimizer: ``learning_rate -> optax optimizer`` for the inner problem.
         precision: of the ``|S|×|S|`` solve (``"float64"`` needs 64-bit JAX).
         head: the final layer's treatment; ``None``: :class:`KRRHead` (the released code's).
         clip_implicit: clip the implicit gradient to the direct one's norm, leaf by leaf.
         label_margin: subtract the label-margin term from the outer loss.
         normalize_rhs: solve for ``g/‖g‖`` and rescale.
+        **solver_settings: as :func:`compose` (``n_inner``, ``n_hessian``, ``linear_solver``,
+            ``inner_optimizer``, ``inner_lr``, ``hessian_lr``, ``unroll``).
     """
-    return _krr_algorithm(
+    return compose(
         "rcig",
         LinearizedNetwork,
-        n_inner,
-        n_hessian,
-        linear_solver,
-        inner_optimizer,
-        precision,
-        head,
-        clip_implicit,
-        label_margin,
-        normalize_rhs,
-    )
-
-
-def rcig_paper_text(
-    n_inner: int = 20,
-    n_hessian: int = 20,
-    linear_solver=None,
-    inner_optimizer=optax.adam,
-    precision: Precision = "float32",
-) -> Algorithm:
-    """RCIG as the paper's text writes it (Eq. 3–7): the closed-form head with its bias in the
-    kernel (:class:`ClosedFormHead`), no clipping, no label margin, a normalised right-hand
-    side. Kept as a named option; the default :func:`rcig` follows the released code."""
-    return _krr_algorithm(
-        "rcig-paper",
-        LinearizedNetwork,
-        n_inner,
-        n_hessian,
-        linear_solver,
-        inner_optimizer,
-        precision,
-        ClosedFormHead(precision),
-        clip_implicit=False,
-        label_margin=False,
-        normalize_rhs=True,
-    )
-
-
-def _krr_algorithm(
-    name,
-    network,
-    n_inner,
-    n_hessian,
-    linear_solver,
-    inner_optimizer,
-    precision,
-    head,
-    clip_implicit,
-    label_margin,
-    normalize_rhs,
-) -> Algorithm:
-    return Algorithm(
-        name,
-        network,
         KRRHead(precision) if head is None else head,
         platt_cross_entropy,
-        n_inner,
-        n_hessian,
-        linear_solver,
-        inner_optimizer,
         clip_implicit=clip_implicit,
         label_margin=label_margin,
         normalize_rhs=normalize_rhs,
+        **solver_settings,
     )
 
 
-def frepo(precision: Precision = "float32") -> Algorithm:
-    """FRePo-like baseline: RCIG with ``n_inner = n_H = 0`` and an MSE outer loss.
+def rcig_paper_text(*, precision: Precision = "float32", **solver_settings: Any) -> Algorithm:
+    """RCIG as the paper's text writes it (Eq. 3–7): the closed-form head with its bias in the
+    kernel (:class:`ClosedFormHead`), no clipping, no label margin, a normalised right-hand
+    side. Kept as a named option; the default :func:`rcig` follows the released code.
+
+    Keywords as :func:`vig`, and ``precision`` as :func:`rcig`."""
+    return compose(
+        "rcig-paper",
+        LinearizedNetwork,
+        ClosedFormHead(precision),
+        platt_cross_entropy,
+        normalize_rhs=True,
+        **solver_settings,
+    )
+
+
+def frepo(*, precision: Precision = "float32", **solver_settings: Any) -> Algorithm:
+    """FRePo-like baseline: RCIG's network with the closed-form head, ``n_inner = n_H = 0`` by
+    default, and an MSE outer loss.
 
     With no inner steps ``Δ_B = 0``, so the prediction is kernel ridge regression on the pool
     model's last-layer features and the meta-gradient is the direct gradient only.
+    Keywords as :func:`rcig_paper_text`.
     """
-    return Algorithm(
-        "frepo", LinearizedNetwork, ClosedFormHead(precision), mean_squared_error, 0, 0
+    solver_settings = {"n_inner": 0, **solver_settings}
+    if solver_settings.get("linear_solver") is None:
+        solver_settings.setdefault("n_hessian", 0)
+    return compose(
+        "frepo",
+        LinearizedNetwork,
+        ClosedFormHead(precision),
+        mean_squared_error,
+        normalize_rhs=True,
+        **solver_settings,
+    )
+
+
+def random_subset(*, precision: Precision = "float32", **solver_settings: Any) -> Algorithm:
+    """The random-subset baseline: real images with one-hot labels, not optimised
+    (``learns=False``: a run keeps its initial set). Keywords as :func:`rcig`, unused."""
+    return compose(
+        "random",
+        LinearizedNetwork,
+        KRRHead(precision),
+        platt_cross_entropy,
+        learns=False,
+        **solver_settings,
     )
 
 
 ALGORITHMS: dict[str, Callable[..., Algorithm]] = {
+    "random": random_subset,
     "vig": vig,
     "cig": cig,
     "rig": rig,

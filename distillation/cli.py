@@ -7,11 +7,13 @@ an ``Algorithm``) that go down into the library.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from distillation.interrupts import EXIT_STATUS as EXIT_INTERRUPTED
 from distillation.interrupts import InterruptGuard
@@ -222,8 +224,15 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
         help="decay of the support set's moving average, which is the result (default 0.99; "
         "0: the last iterate)",
     )
-    p.add_argument("--n-inner", type=_nonneg_int, default=20)
-    p.add_argument("--n-hessian", type=_nonneg_int, default=20)
+    p.add_argument(
+        "--n-inner", type=_nonneg_int, default=None, help="inner steps (default 20; frepo 0)"
+    )
+    p.add_argument(
+        "--n-hessian",
+        type=_nonneg_int,
+        default=None,
+        help="steps of the H⁻¹g solver (default 20; frepo 0; not with --linear-solver cg/dense)",
+    )
     p.add_argument(
         "--linear-solver",
         choices=LINEAR_SOLVERS,
@@ -276,96 +285,126 @@ def _is_small(dataset) -> bool:
     return min(dataset.image_shape[:2]) < 28
 
 
-def _resolve(args, dataset) -> dict:
-    """Fill dataset-dependent defaults; returns the run's settings (recorded in the export).
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Everything that decides a run's computation, resolved once from the command line and the
+    dataset (every dataset- and method-dependent default is here). Recorded in the export and
+    the checkpoint; ``--resume`` compares exactly these. ``--checkpoint-every``, ``--out``,
+    ``--no-progress`` and the ``--eval-*`` settings may change between an interrupted run and
+    its resumption."""
 
-    Only settings that can change the computation are here: ``--resume`` compares exactly these
-    (with the method and seed). ``--checkpoint-every``, ``--out``, ``--no-progress`` and the
-    ``--eval-*`` settings are free to change between an interrupted run and its resumption.
-    """
+    method: str
+    seed: int
+    dataset: str
+    ipc: int
+    steps: int
+    width: int
+    depth: int | None
+    pool_size: int
+    reset_every: int
+    target_batch: int
+    n_inner: int | None
+    n_hessian: int | None
+    linear_solver: str
+    flip: bool
+    n_subset: int | None
+    lr_tuning: str
+    pool_steps: int
+    ema: float
+    float64_solve: bool
+
+    def record(self) -> dict[str, Any]:
+        """The settings as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        text = json.dumps(self.record(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def algorithm(self):
+        """The method's :class:`~distillation.algorithms.Algorithm`: every factory takes the
+        same keywords, and only what the user set is passed (the factories hold the defaults)."""
+        import bilevel
+        from distillation.algorithms import ALGORITHMS
+
+        solver = {
+            "adam": None,
+            "cg": bilevel.CG(),
+            "neumann": bilevel.Neumann(steps=20 if self.n_hessian is None else self.n_hessian),
+            "dense": bilevel.Dense(),
+        }[self.linear_solver]
+        settings: dict[str, Any] = {"precision": "float64" if self.float64_solve else "float32"}
+        if self.n_inner is not None:
+            settings["n_inner"] = self.n_inner
+        if solver is not None:
+            settings["linear_solver"] = solver
+        elif self.n_hessian is not None:
+            settings["n_hessian"] = self.n_hessian
+        return ALGORITHMS[self.method](**settings)
+
+    def distill_config(self, checkpoint_every: int):
+        from distillation.distill import DistillConfig
+
+        learns = self.method != "random"
+        return DistillConfig(
+            steps=self.steps,
+            pool_size=self.pool_size,
+            reset_every=self.reset_every,
+            target_batch=self.target_batch,
+            lr_tuning=self.lr_tuning,  # type: ignore[arg-type]
+            pool_max_steps=self.pool_steps,
+            ema_decay=self.ema,
+            flip=self.flip,
+            n_subset=self.n_subset,
+            width=self.width,
+            depth=self.depth,
+            checkpoint_every=checkpoint_every,
+            # The random-subset baseline: real images with one-hot labels, temperature 0.1.
+            center_labels=learns,
+            init_temperature=1.0 if learns else 0.1,
+        )
+
+
+def _resolve(args, dataset, method: str, seed: int) -> RunSettings:
+    """The run's :class:`RunSettings` from the arguments and the dataset."""
     small = _is_small(dataset)
     n_support = args.ipc * dataset.num_classes
-    settings = {
-        "dataset": args.dataset,
-        "ipc": args.ipc,
-        "steps": args.steps
-        if args.steps is not None
-        else (300 if small else table7_steps(args.ipc)),
-        "width": args.width or (32 if small else 128),
-        "depth": args.depth,
-        "pool_size": args.pool_size or (10 if small else 30),
-        "reset_every": args.reset_every,
-        "target_batch": args.target_batch,
-        "n_inner": args.n_inner,
-        "n_hessian": args.n_hessian,
-        "linear_solver": args.linear_solver,
-        "flip": (not dataset.grayscale and n_support <= 1000) if args.flip is None else args.flip,
-        "n_subset": args.n_subset or (2000 if n_support > 1000 else None),
-        "lr_tuning": args.lr_tuning,
-        "pool_steps": args.pool_steps,
-        "ema": args.ema,
-        "float64_solve": args.float64_solve,
-    }
-    return settings
-
-
-def _algorithm(method: str, s: dict):
-    import bilevel
-    from distillation.algorithms import ALGORITHMS
-
-    solver = {
-        "adam": None,
-        "cg": bilevel.CG(),
-        "neumann": bilevel.Neumann(steps=s["n_hessian"]),
-        "dense": bilevel.Dense(),
-    }[s["linear_solver"]]
-    if method == "frepo":
-        return ALGORITHMS["frepo"](precision="float64" if s["float64_solve"] else "float32")
-    kwargs = {"n_inner": s["n_inner"], "n_hessian": s["n_hessian"], "linear_solver": solver}
-    if method in ("rig", "rcig", "rcig-paper"):
-        kwargs["precision"] = "float64" if s["float64_solve"] else "float32"
-    return ALGORITHMS[method](**kwargs)
-
-
-def _distill_config(s: dict, checkpoint_every: int):
-    from distillation.distill import DistillConfig
-
-    return DistillConfig(
-        steps=s["steps"],
-        pool_size=s["pool_size"],
-        reset_every=s["reset_every"],
-        target_batch=s["target_batch"],
-        lr_tuning=s.get("lr_tuning", "released"),
-        pool_max_steps=s.get("pool_steps", 15),
-        ema_decay=s.get("ema", 0.99),
-        flip=s["flip"],
-        n_subset=s["n_subset"],
-        width=s["width"],
-        depth=s["depth"],
-        checkpoint_every=checkpoint_every,
+    learns = method != "random"
+    steps = args.steps if args.steps is not None else (300 if small else table7_steps(args.ipc))
+    flip = (not dataset.grayscale and n_support <= 1000) if args.flip is None else args.flip
+    return RunSettings(
+        method=method,
+        seed=seed,
+        dataset=args.dataset,
+        ipc=args.ipc,
+        steps=steps if learns else 0,
+        width=args.width or (32 if small else 128),
+        depth=args.depth,
+        pool_size=args.pool_size or (10 if small else 30),
+        reset_every=args.reset_every,
+        target_batch=args.target_batch,
+        n_inner=args.n_inner,
+        n_hessian=args.n_hessian,
+        linear_solver=args.linear_solver,
+        flip=flip and learns,
+        n_subset=args.n_subset or (2000 if n_support > 1000 else None),
+        lr_tuning=args.lr_tuning,
+        pool_steps=args.pool_steps,
+        ema=args.ema,
+        float64_solve=args.float64_solve,
     )
 
 
-def _eval_config(args, s: dict, models: int):
+def _eval_config(args, s: RunSettings, models: int):
     from distillation.evaluate import EvalConfig
 
     return EvalConfig(
         models=models,
         augment=args.eval_augment,
-        width=s["width"],
-        depth=s["depth"],
+        width=s.width,
+        depth=s.depth,
         steps=args.eval_steps,
     )
-
-
-def _run_settings(method: str, seed: int, s: dict) -> dict:
-    """What identifies a run's computation: recorded in its checkpoint, compared on --resume."""
-    return {"method": method, "seed": seed, **s}
-
-
-def _fingerprint(settings: dict) -> str:
-    text = json.dumps(settings, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def run_one(
@@ -378,92 +417,86 @@ def run_one(
     eval_models: int,
     interrupts: InterruptGuard,
 ):
-    """Distil (or draw the random subset), export, evaluate; returns the metrics dict.
+    """Distil, export, evaluate; returns the metrics dict.
 
     ``out`` must be open (:func:`~distillation.run_folder.open_run_folder`: checked, locked).
     """
+    import contextlib
+
+    import jax
+
+    from distillation.checkpoint import read_checkpoint_meta
+    from distillation.distill import check_resumable
+
+    s = _resolve(args, dataset, method, seed)
+    meta = read_checkpoint_meta(out) if resume else None
+    if meta is not None:  # before anything is traced or compiled
+        check_resumable(out, meta, s.fingerprint(), s.record())
+    # 64-bit JAX only for a run that asked for it, and only while it runs.
+    with jax.enable_x64(True) if s.float64_solve else contextlib.nullcontext():
+        return _distill_export_evaluate(args, dataset, s, out, resume, eval_models, interrupts)
+
+
+def _distill_export_evaluate(args, dataset, s: RunSettings, out, resume, eval_models, interrupts):
     import jax
 
     import bilevel
-    from distillation.checkpoint import read_checkpoint_meta
-    from distillation.distill import check_resumable, distill, random_subset
+    from distillation.distill import distill
     from distillation.evaluate import evaluate_support
     from distillation.export import save_curves, save_distilled, save_image_grid, save_metrics
 
-    s = _resolve(args, dataset)
-    settings = _run_settings(method, seed, s)
-    fingerprint = _fingerprint(settings)
-    meta = read_checkpoint_meta(out) if resume and method != "random" else None
-    if meta is not None:  # before anything is traced or compiled
-        check_resumable(out, meta, fingerprint, settings)
-    if s["float64_solve"]:
-        jax.config.update("jax_enable_x64", True)
-    key = jax.random.key(seed)
-    history, seconds, steps_done, steps_run = [], 0.0, 0, 0
-    if method == "random":
-        support = random_subset(
-            dataset.x_train,
-            dataset.y_train,
-            dataset.num_classes,
-            args.ipc,
-            key=jax.random.split(key)[0],
-        )
-        flip = False
-        interrupts.set_phase("exporting")
-    else:
-        result = distill(
-            dataset.x_train,
-            dataset.y_train,
-            dataset.num_classes,
-            _algorithm(method, s),
-            args.ipc,
-            _distill_config(s, args.checkpoint_every),
-            key=key,
-            checkpoint_dir=out,
-            resume=resume,
-            fingerprint=fingerprint,
-            settings=settings,
-            progress=not args.no_progress,
-            interrupts=interrupts,
-        )
-        support, history, seconds, steps_done, steps_run = (
-            result.support,
-            result.history,
-            result.total_seconds,
-            result.steps,
-            result.steps_run,
-        )
-        flip = s["flip"]
-        interrupts.set_phase(
-            "exporting",
-            f"the run's checkpoint (step {steps_done}) in {out} is kept; run the same command "
-            "with --resume to export and evaluate it",
-        )
-    config_record = {**settings, "library_version": bilevel.__version__}
+    key = jax.random.key(s.seed)
+    result = distill(
+        dataset.x_train,
+        dataset.y_train,
+        dataset.num_classes,
+        s.algorithm(),
+        args.ipc,
+        s.distill_config(args.checkpoint_every),
+        key=key,
+        checkpoint_dir=out,
+        resume=resume,
+        fingerprint=s.fingerprint(),
+        settings=s.record(),
+        progress=not args.no_progress and s.steps > 0,
+        interrupts=interrupts,
+    )
+    support, history = result.support, result.history
+    interrupts.set_phase(
+        "exporting",
+        f"the run's checkpoint (step {result.steps}) in {out} is kept; run the same command "
+        "with --resume to export and evaluate it"
+        if result.steps
+        else None,
+    )
+    config_record = {**s.record(), "library_version": bilevel.__version__}
     npz = save_distilled(
         out / "distilled.npz",
         support.images,
         support.labels,
         dataset.preprocessor,
-        flip=flip,
+        flip=s.flip,
         log_temperature=float(support.log_temperature),
         config=config_record,
     )
     png = save_image_grid(
         out / "distilled.png", support.images, support.labels, dataset.preprocessor
     )
-    curves = save_curves(out / "curves.png", history, f"{method} on {args.dataset}, {args.ipc} ipc")
+    curves = save_curves(
+        out / "curves.png", history, f"{s.method} on {args.dataset}, {args.ipc} ipc"
+    )
+    seconds = result.total_seconds if result.steps else 0.0
     metrics = {
         **config_record,
         # Wall-clock time of the whole run, summed over its resumed segments.
         "distill_seconds": seconds,
-        "seconds_per_step": seconds / steps_done if steps_done else None,
-        "steps_done": steps_done,
+        "seconds_per_step": seconds / result.steps if result.steps else None,
+        "steps_done": result.steps,
         "final": history[-1] if history else None,
     }
     if eval_models > 0:
         interrupts.set_phase("evaluating")
-        print(f"evaluating with {eval_models} fresh ConvNets (width {s['width']}) ...", flush=True)
+        print(f"evaluating with {eval_models} fresh ConvNets (width {s.width}) ...", flush=True)
         t0 = time.perf_counter()
         res = evaluate_support(
             support.images,
@@ -472,7 +505,7 @@ def run_one(
             dataset.y_test,
             _eval_config(args, s, eval_models),
             key=jax.random.fold_in(key, 1),
-            flip=flip,
+            flip=s.flip,
             progress=not args.no_progress,
         )
         metrics["eval"] = {
@@ -482,7 +515,7 @@ def run_one(
             "seconds": time.perf_counter() - t0,
         }
         print(f"test accuracy: {res}")
-    elif resume and steps_run == 0:  # a finished run exported again: keep its evaluation
+    elif resume and result.steps_run == 0:  # a finished run exported again: keep its evaluation
         previous = _read_json(out / "metrics.json")
         if isinstance(previous.get("eval"), dict):
             metrics["eval"] = previous["eval"]
@@ -642,11 +675,11 @@ def cmd_ablate(args, interrupts: InterruptGuard) -> int:
                     run_one(args, dataset, method, seed, folder, True, eval_models, interrupts)
                 )
         rows[method] = runs
-    s = _resolve(args, dataset)
+    s = _resolve(args, dataset, "rcig", seeds[0] if seeds else 0)
     lines = [
         f"Ablation on `{args.dataset}`, {args.ipc} image(s) per class, "
-        f"{s['steps']} meta-iterations, "
-        f"width {s['width']}, seeds {seeds}, {eval_models} evaluation models per seed "
+        f"{s.steps} meta-iterations, "
+        f"width {s.width}, seeds {seeds}, {eval_models} evaluation models per seed "
         f"(augment={args.eval_augment}).",
         "",
         "| method | test accuracy (%) mean ± std | per-seed means | distill time / run (s) |",
@@ -701,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from distillation.checkpoint import RunFailed
-    from distillation.distill import Interrupted
+    from distillation.loop import Interrupted
 
     # One SIGTERM / Ctrl-C handling for the whole command (distillation/interrupts.py).
     with InterruptGuard("rcig") as interrupts:

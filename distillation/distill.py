@@ -1,18 +1,20 @@
-"""Algorithm 1: the distillation loop, composed from named pieces.
+"""Algorithm 1: the distillation step as explicit state and pure functions, and a run.
 
+* :class:`DistillConfig` — the settings (typed, validated when built).
 * :func:`init_support` — a support set initialised from real images (``ipc`` per class).
-* :func:`random_subset` — the random-subset baseline (real images, one-hot labels).
 * :func:`meta_optimizer` — AdaBelief, lr 0.003 on images and labels, 0.03 on ``log τ``.
-* :func:`make_step` — one jitted meta-iteration: sample a pool model and a target batch, take
-  the meta-gradient (:func:`distillation.algorithms.meta_loss`), update the support set, train
-  the pool model one step, probe the learning rates every few iterations.
-* :func:`distill` — the host loop: progress bar with the current losses, checkpoints, resume.
+* :class:`Distiller` — ``init(support, *, key) -> state``, ``next_batch``, ``step(state, batch)
+  -> (state, metrics)``: sample a pool model, take the meta-gradient
+  (:func:`distillation.algorithms.meta_loss`), update the support set and its moving average,
+  train the pool model, tune the learning rates.
+* :func:`distill` — a whole run from arrays: the support set, the distiller, the learning-rate
+  pre-round, and the host loop :func:`distillation.loop.run` with its callbacks (progress bar,
+  history, checkpoints, snapshots, signal stop), resumable.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import signal
 from collections.abc import Callable, Collection
@@ -27,24 +29,28 @@ import optax
 from jaxtyping import Array
 
 from bilevel import optax_step
-from distillation.algorithms import (
-    Algorithm,
-    LearningRates,
-    SupportSet,
-    clip_to_direct,
-    meta_loss,
-)
+from distillation.algorithms import Algorithm, SupportSet, clip_to_direct, meta_loss
 from distillation.checkpoint import (
     RunFailed,
     has_checkpoint,
     load_checkpoint,
     read_checkpoint_meta,
-    save_checkpoint,
     settings_mismatch,
 )
 from distillation.interrupts import InterruptGuard
+from distillation.loop import (
+    Callback,
+    Checkpointer,
+    History,
+    Interrupted,
+    ProgressBar,
+    SignalStop,
+    Snapshots,
+    run,
+)
 from distillation.models import Activation, Norm, conv_net, default_depth
 from distillation.networks import Partitioned
+from distillation.objectives import InnerProblem
 from distillation.pool import ModelPool, PoolState
 from distillation.tuning import (
     LearningRateTuner,
@@ -69,9 +75,10 @@ class DistillConfig:
     by the released code's pre-round and schedule (``lr_tuning="released"``).
 
     Attributes:
-        lr_tuning: ``"released"``: before training, raise the inner learning rate from
-            ``inner_lr`` ×1.2 while a probe's inner solve stays monotone, then ×0.7, and the
-            Hessian-inverse one from ``hessian_lr`` the same way; during training, every 50
+        lr_tuning: ``"released"``: before training, raise the inner learning rate from the
+            algorithm's starting one (``inner_lr``, 1e-5) ×1.2 while a probe's inner solve
+            stays monotone, then ×0.7, and the Hessian-inverse one (``hessian_lr``, 5e-5) the
+            same way; during training, every 50
             iterations scale the inner one ×0.9 when ≥ 29 % of the solves since the last
             change ended above their start, ×1.05 when ≥ 70 % were monotone (the Hessian one
             stays). ``"probe"``: the paper's text (both rates adjusted from a probe every
@@ -98,8 +105,6 @@ class DistillConfig:
     lr_temperature: float = 0.03
     l2_per_image: float = 0.0005
     init_temperature: float = 1.0
-    inner_lr: float = 1e-5
-    hessian_lr: float = 5e-5
     lr_tuning: LrTuning = "released"
     tune_every: int = 10
     pool_lr: float = 5e-5
@@ -137,8 +142,6 @@ class DistillConfig:
             "lr_support",
             "lr_temperature",
             "init_temperature",
-            "inner_lr",
-            "hessian_lr",
             "pool_lr",
         ):
             value = getattr(self, name)
@@ -174,12 +177,14 @@ class DistillState(eqx.Module):
     ``data_position`` counts the target images drawn so far (the epoch is
     ``data_position // N``); ``lr_stats`` counts the inner solves that failed, that were
     monotone, and all, since the last learning-rate change (``lr_tuning="released"``).
+    ``algorithm`` is the run's :class:`~distillation.algorithms.Algorithm` with its current
+    (tuned) learning rates: they are leaves of its solvers, changed by replacing them.
     """
 
     support: SupportSet
     opt_state: optax.OptState
     pool: PoolState
-    lrs: LearningRates
+    algorithm: Algorithm
     key: Array
     step: Array
     ema: SupportSet
@@ -209,13 +214,6 @@ def init_support(
         jnp.asarray(onehot),
         jnp.asarray(np.log(init_temperature), jnp.float32),
     )
-
-
-def random_subset(
-    images: np.ndarray, labels: np.ndarray, num_classes: int, ipc: int, *, key: Array
-) -> SupportSet:
-    """The random-subset baseline: real images with one-hot labels, no optimisation."""
-    return init_support(images, labels, num_classes, ipc, key=key, init_temperature=0.1)
 
 
 def _pick_per_class(labels: np.ndarray, num_classes: int, ipc: int, key: Array) -> np.ndarray:
@@ -335,66 +333,110 @@ def distill_activation(image_shape, depth: int | None) -> Activation:
     return "softplus" if depth <= 3 else "relu"
 
 
-def init_state(
-    support: SupportSet, pool: ModelPool, config: DistillConfig, *, key: Array
-) -> DistillState:
-    k_pool, k_run, k_data = jax.random.split(key, 3)
-    return DistillState(
-        support=support,
-        opt_state=meta_optimizer(config).init(support),
-        pool=pool.init(key=k_pool),
-        lrs=LearningRates(
-            jnp.asarray(config.inner_lr, jnp.float32), jnp.asarray(config.hessian_lr, jnp.float32)
-        ),
-        key=jax.random.key_data(k_run),
-        step=jnp.asarray(0, jnp.int32),
-        ema=jax.tree_util.tree_map(jnp.zeros_like, support),
-        data_key=jax.random.key_data(k_data),
-        data_position=jnp.asarray(0, jnp.int32),
-        lr_stats=jnp.zeros((3,), jnp.int32),
-    )
+@dataclasses.dataclass(frozen=True, eq=False)
+class Distiller:
+    """Algorithm 1 as explicit state and pure functions: ``init(support, *, key) -> state``,
+    ``next_batch(state, x, y) -> batch``, ``step(state, batch) -> (state, metrics)`` (jit each
+    once; :func:`distillation.loop.run` is the host loop).
 
+    Build one with :meth:`build`. The learning rates live in ``state.algorithm`` (leaves of its
+    solvers), so tuning them never recompiles the step. A plain (frozen) object rather than a
+    pytree: its methods are what is jitted (``jax.jit(distiller.step)``), and it holds no state.
 
-def make_step(
-    algorithm: Algorithm,
-    pool: ModelPool,
-    config: DistillConfig,
-    mesh: jax.sharding.Mesh | None = None,
-) -> Callable[[DistillState, Array, Array], tuple[DistillState, dict[str, Array]]]:
-    """One meta-iteration of Algorithm 1 as a pure function (jit it once).
-
-    The learning rates in ``state.lrs`` are used as they are; :func:`make_tune_step` adjusts them.
-
-    Args:
-        algorithm: the composition.
+    Attributes:
+        algorithm: the composition, with its starting learning rates.
         pool: the model pool.
         config: the settings.
         mesh: a 1-D ``jax.sharding.Mesh`` with axis ``"data"`` for data parallelism: the target
             batch is split over its devices (the outer loss is a mean, so each device computes
-            its share of the meta-gradient and XLA sums them). Place the pool with
-            :func:`shard_state` so it is split over the devices too. ``None``: one device.
+            its share of the meta-gradient and XLA sums them). Place the state with
+            :func:`shard_state` so the pool is split over the devices too. ``None``: one device.
     """
-    optimizer = meta_optimizer(config)
-    batch_sharding = None
-    if mesh is not None:
-        if config.target_batch % mesh.size:
-            raise ValueError(
-                f"target_batch={config.target_batch} must be divisible by the {mesh.size} "
-                "devices of the mesh."
-            )
-        batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
 
-    def step(state: DistillState, x_train: Array, y_train: Array):
+    algorithm: Algorithm
+    pool: ModelPool
+    config: DistillConfig
+    mesh: jax.sharding.Mesh | None = None
+
+    def __post_init__(self):
+        if self.mesh is not None and self.config.target_batch % self.mesh.size:
+            raise ValueError(
+                f"target_batch={self.config.target_batch} must be divisible by the "
+                f"{self.mesh.size} devices of the mesh."
+            )
+
+    @classmethod
+    def build(
+        cls,
+        algorithm: Algorithm,
+        config: DistillConfig,
+        *,
+        image_shape: tuple[int, ...],
+        num_classes: int,
+        mesh: jax.sharding.Mesh | None = None,
+    ) -> Distiller:
+        """The distiller for images of ``image_shape`` and ``num_classes`` classes (its pool of
+        ConvNets from ``config``)."""
+        return cls(algorithm, make_pool(image_shape, num_classes, config), config, mesh)
+
+    @property
+    def tunes_by_probe(self) -> bool:
+        """Whether a run calls :meth:`probe` every ``config.tune_every`` iterations."""
+        return (
+            self.config.lr_tuning == "probe"
+            and self.config.tune_every > 0
+            and self.algorithm.uses_learning_rates
+        )
+
+    @property
+    def has_preround(self) -> bool:
+        """Whether a run starts with the released code's learning-rate pre-round."""
+        return self.config.lr_tuning == "released" and self.algorithm.uses_learning_rates
+
+    def init(self, support: SupportSet, *, key: Array) -> DistillState:
+        """The state before the first iteration."""
+        k_pool, k_run, k_data = jax.random.split(key, 3)
+        return DistillState(
+            support=support,
+            opt_state=meta_optimizer(self.config).init(support),
+            pool=self.pool.init(key=k_pool),
+            algorithm=self.algorithm,
+            key=jax.random.key_data(k_run),
+            step=jnp.asarray(0, jnp.int32),
+            ema=jax.tree_util.tree_map(jnp.zeros_like, support),
+            data_key=jax.random.key_data(k_data),
+            data_position=jnp.asarray(0, jnp.int32),
+            lr_stats=jnp.zeros((3,), jnp.int32),
+        )
+
+    def next_batch(
+        self, state: DistillState, x_train: Array, y_train: Array
+    ) -> tuple[Array, Array]:
+        """The target batch of the next iteration: ``config.target_batch`` examples from the
+        state's position in its stream of shuffled epochs (:func:`epoch_batch`)."""
+        index = epoch_batch(
+            state.data_key, state.data_position, x_train.shape[0], self.config.target_batch
+        )
+        return x_train[index], y_train[index]
+
+    def step(
+        self, state: DistillState, batch: tuple[Array, Array]
+    ) -> tuple[DistillState, dict[str, Array]]:
+        """One meta-iteration of Algorithm 1: sample a pool model, take the meta-gradient on
+        ``batch`` (:func:`~distillation.algorithms.meta_loss`), update the support set and its
+        moving average, train the pool model, and apply the learning-rate schedule."""
+        config, pool = self.config, self.pool
+        algorithm = state.algorithm
         key, k_model, k_subset, k_renew = jax.random.split(jax.random.wrap_key_data(state.key), 4)
         index = jax.random.randint(k_model, (), 0, pool.size)
         model0 = pool.model(state.pool, index)
-        batch = epoch_batch(
-            state.data_key, state.data_position, x_train.shape[0], config.target_batch
-        )
-        x_t, y_t = x_train[batch], y_train[batch]
-        if batch_sharding is not None:
-            x_t = jax.lax.with_sharding_constraint(x_t, batch_sharding)
-            y_t = jax.lax.with_sharding_constraint(y_t, batch_sharding)
+        if config.inner_count_from_pool:
+            algorithm = algorithm.with_inner_count(state.pool.ages[index])
+        x_t, y_t = batch
+        if self.mesh is not None:
+            sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(DATA_AXIS))
+            x_t = jax.lax.with_sharding_constraint(x_t, sharding)
+            y_t = jax.lax.with_sharding_constraint(y_t, sharding)
 
         l2 = l2_strength(state.support, config)
         sub_index, rest_index = _subsample(state.support, config.n_subset, k_subset)
@@ -412,10 +454,8 @@ def make_step(
                 x_t,
                 y_t,
                 l2,
-                state.lrs,
                 constant=const,
                 inner=inner_support(implicit, config),
-                inner_count=state.pool.ages[index] if config.inner_count_from_pool else None,
             )
 
         diff_part = state.support if sub_index is None else _take(state.support, sub_index)
@@ -431,7 +471,9 @@ def make_step(
                 jnp.zeros_like(state.support.labels).at[sub_index].set(grads.labels),
                 grads.log_temperature,
             )
-        support, opt_state = optax_step(optimizer, grads, state.opt_state, state.support)
+        support, opt_state = optax_step(
+            meta_optimizer(config), grads, state.opt_state, state.support
+        )
         d = config.ema_decay
         ema = jax.tree_util.tree_map(lambda h, p: d * h + (1.0 - d) * p, state.ema, support)
 
@@ -439,16 +481,17 @@ def make_step(
         pool_state, pool_loss = pool.train_step(
             state.pool, index, seen_images, seen_labels, key=k_renew
         )
-        lrs, lr_stats = state.lrs, state.lr_stats
-        if config.lr_tuning == "released" and algorithm.n_inner > 0:
+        tuned, lr_stats = state.algorithm, state.lr_stats
+        if config.lr_tuning == "released" and tuned.n_inner > 0:
             stat = classify_trace(info.inner_loss_trace)
             lr_stats = lr_stats + jnp.stack([stat == -1, stat == 1, True]).astype(jnp.int32)
-            lrs, lr_stats = released_schedule(lrs, lr_stats, state.step)
+            inner_lr, lr_stats = released_schedule(tuned.inner_lr, lr_stats, state.step)
+            tuned = tuned.with_learning_rates(inner=inner_lr)
         new_state = DistillState(
             support,
             opt_state,
             pool_state,
-            lrs,
+            tuned,
             jax.random.key_data(key),
             state.step + 1,
             ema,
@@ -456,21 +499,91 @@ def make_step(
             state.data_position + config.target_batch,
             lr_stats,
         )
+        hessian_lr = state.algorithm.hessian_lr
         metrics = {
             "outer_loss": loss,
             "target_acc": info.accuracy,
             "inner_loss": info.inner_loss,
             "inner_grad_norm": info.inner_grad_norm,
             "pool_loss": pool_loss,
-            "inner_lr": state.lrs.inner,
-            "hessian_lr": state.lrs.hessian,
+            "inner_lr": state.algorithm.inner_lr,
+            "hessian_lr": jnp.asarray(0.0, jnp.float32) if hessian_lr is None else hessian_lr,
             "temperature": jnp.exp(support.log_temperature),
             "direct_norm": _norm(direct),
             "implicit_norm": _norm(implicit),
         }
         return new_state, metrics
 
-    return step
+    def probe(self, state: DistillState, x_train: Array, y_train: Array) -> DistillState:
+        """The paper text's learning-rate probe (``lr_tuning="probe"``;
+        :class:`~distillation.tuning.LearningRateTuner`), run before every
+        ``config.tune_every``-th step as its own compiled function.
+
+        It is not a ``lax.cond`` inside the step because XLA on CPU runs convolution gradients
+        inside a conditional's branches ~20× slower than in straight-line code
+        (``benchmarks/cpu_loops.py``). Its randomness is folded from the state's key without
+        advancing it, so tuning does not change the step's draws."""
+        if not state.algorithm.uses_learning_rates:
+            return state
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 0x7E5E)
+        k_model, k_batch = jax.random.split(key)
+        model0 = self.pool.model(state.pool, jax.random.randint(k_model, (), 0, self.pool.size))
+        x_t, y_t = _sample_target(k_batch, x_train, y_train, self.config)
+        tuned = LearningRateTuner(every=self.config.tune_every).probe(
+            state.algorithm,
+            self._probe_problem(state, model0),
+            x_t,
+            y_t,
+            state.support.log_temperature,
+        )
+        return eqx.tree_at(lambda s: s.algorithm, state, tuned)
+
+    def preround_probe(
+        self, state: DistillState, algorithm: Algorithm, x_train: Array, y_train: Array, call: Array
+    ) -> tuple[Array, Array]:
+        """One probe of the released code's learning-rate pre-round:
+        ``(inner class, Hessian-inverse class)`` (:func:`~distillation.tuning.classify_trace`)
+        of the solves of one meta-step with ``algorithm``'s rates, on a fresh model (the same
+        for every call, as ``run_rcig(lr_tune=True)`` builds its one-model pool from the run's
+        key) and a target batch that changes with ``call``."""
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 0x9E7)
+        k_model, k_batch = jax.random.split(key)
+        model0 = self.pool.make_model(k_model)
+        x_t, y_t = _sample_target(jax.random.fold_in(k_batch, call), x_train, y_train, self.config)
+        inner_trace, hessian_trace = solve_traces(
+            algorithm, self._probe_problem(state, model0), x_t, y_t, state.support.log_temperature
+        )
+        # run_rcig classifies the values before each step (the last point excluded).
+        return classify_trace(inner_trace[:-1]), classify_trace(hessian_trace[:-1])
+
+    def tune_learning_rates(
+        self,
+        state: DistillState,
+        x_train: Array,
+        y_train: Array,
+        on_probe: Callable[[Algorithm], None] | None = None,
+    ) -> DistillState:
+        """The released code's learning-rate pre-round (host loop over a compiled probe):
+        the state with the tuned rates in ``state.algorithm``. ``on_probe`` is told each
+        candidate (for a progress line)."""
+        probe_fn = jax.jit(self.preround_probe)
+
+        def probe(algorithm: Algorithm, call: int) -> tuple[int, int]:
+            if on_probe is not None:
+                on_probe(algorithm)
+            inner, hessian = probe_fn(
+                state, algorithm, x_train, y_train, jnp.asarray(call, jnp.int32)
+            )
+            return int(inner), int(hessian)
+
+        tuned, _ = released_preround(probe, state.algorithm)
+        return eqx.tree_at(lambda s: s.algorithm, state, tuned)
+
+    def _probe_problem(self, state: DistillState, model0) -> InnerProblem:
+        images, labels = _probe_support(state, self.config)
+        return InnerProblem(
+            state.algorithm.network(model0), images, labels, l2_strength(state.support, self.config)
+        )
 
 
 DATA_AXIS = "data"
@@ -496,77 +609,6 @@ def shard_state(state: DistillState, mesh: jax.sharding.Mesh) -> DistillState:
     pool = jax.device_put(state.pool, split)
     rest = jax.device_put(eqx.tree_at(lambda s: s.pool, state, None), replicated)
     return eqx.tree_at(lambda s: s.pool, rest, pool, is_leaf=lambda x: x is None)
-
-
-def make_tune_step(
-    algorithm: Algorithm,
-    pool: ModelPool,
-    config: DistillConfig,
-    tuner: LearningRateTuner,
-) -> Callable[[DistillState, Array, Array], DistillState]:
-    """The learning-rate probe as its own pure function (jit it once; call every ``tuner.every``
-    iterations, before the step).
-
-    It is a separate compiled function rather than a ``lax.cond`` inside the step because XLA on
-    CPU runs convolution gradients inside a conditional's branches ~20× slower than in
-    straight-line code (``benchmarks/cpu_loops.py``). Its randomness is folded
-    from the state's key without advancing it, so tuning does not change the step's draws.
-    """
-
-    def tune(state: DistillState, x_train: Array, y_train: Array) -> DistillState:
-        if not algorithm.uses_learning_rates:
-            return state
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 0x7E5E)
-        k_model, k_batch = jax.random.split(key)
-        model0 = pool.model(state.pool, jax.random.randint(k_model, (), 0, pool.size))
-        x_t, y_t = _sample_target(k_batch, x_train, y_train, config)
-        images, labels = _probe_support(state, config)
-        lrs = tuner.probe(
-            algorithm,
-            algorithm.network(model0),
-            images,
-            labels,
-            l2_strength(state.support, config),
-            x_t,
-            y_t,
-            state.support.log_temperature,
-            state.lrs,
-        )
-        return eqx.tree_at(lambda s: s.lrs, state, lrs)
-
-    return tune
-
-
-def make_preround_probe(
-    algorithm: Algorithm, pool: ModelPool, config: DistillConfig
-) -> Callable[[DistillState, LearningRates, Array, Array, Array], tuple[Array, Array]]:
-    """One probe of the released code's learning-rate pre-round as a pure function (jit it):
-    ``(state, rates, x_train, y_train, call) -> (inner class, Hessian-inverse class)``
-    (:func:`~distillation.tuning.classify_trace`) of the solves of one meta-step on a fresh
-    model (the same model for every call, as ``run_rcig(lr_tune=True)`` builds its one-model
-    pool from the run's key) and a target batch that changes with ``call``."""
-
-    def probe(state: DistillState, lrs: LearningRates, x_train, y_train, call):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 0x9E7)
-        k_model, k_batch = jax.random.split(key)
-        model0 = pool.make_model(k_model)
-        x_t, y_t = _sample_target(jax.random.fold_in(k_batch, call), x_train, y_train, config)
-        images, labels = _probe_support(state, config)
-        inner_trace, hessian_trace = solve_traces(
-            algorithm,
-            algorithm.network(model0),
-            images,
-            labels,
-            l2_strength(state.support, config),
-            x_t,
-            y_t,
-            state.support.log_temperature,
-            lrs,
-        )
-        # run_rcig classifies the values before each step (the last point excluded).
-        return classify_trace(inner_trace[:-1]), classify_trace(hessian_trace[:-1])
-
-    return probe
 
 
 def _probe_support(state: DistillState, config: DistillConfig) -> tuple[Array | Partitioned, Array]:
@@ -618,10 +660,6 @@ def _seen_by_pool(support: SupportSet, sub_index, rest_index, config: DistillCon
 # --------------------------------------------------------------------------- host loop
 
 
-class Interrupted(Exception):
-    """Raised when the run was interrupted (after a checkpoint was written, when it had one)."""
-
-
 @dataclasses.dataclass
 class DistillResult:
     """The learned support set (the EMA of the iterates when ``config.ema_decay > 0``, as the
@@ -638,7 +676,15 @@ class DistillResult:
     total_seconds: float
     snapshots: list[Snapshot] = dataclasses.field(default_factory=list)
     last_iterate: SupportSet | None = None
-    learning_rates: LearningRates | None = None
+    algorithm: Algorithm | None = None
+
+    @property
+    def learning_rates(self) -> tuple[float, float | None]:
+        """The inner and Hessian-inverse learning rates at the end (``None``: no tuned one)."""
+        if self.algorithm is None:
+            return (float("nan"), None)
+        hessian = self.algorithm.hessian_lr
+        return float(self.algorithm.inner_lr), None if hessian is None else float(hessian)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -700,7 +746,9 @@ def distill(
     snapshot_steps: Collection[int] = (),
     interrupts: InterruptGuard | None = None,
 ) -> DistillResult:
-    """Run Algorithm 1 for ``config.steps`` meta-iterations.
+    """Run Algorithm 1 for ``config.steps`` meta-iterations: the support set drawn from the
+    data, a :class:`Distiller`, the learning-rate pre-round, and :func:`distillation.loop.run`
+    with a progress bar, the history, checkpoints, snapshots and the signal stop as callbacks.
 
     Args:
         x_train: real training images ``(N, H, W, C)`` in model-input space (float32).
@@ -711,7 +759,7 @@ def distill(
         config: settings.
         key: PRNG key of the run (support initialisation, pool, batches).
         checkpoint_dir: where checkpoints go (every ``config.checkpoint_every`` steps, at the
-            end, and on Ctrl-C / SIGTERM); ``None`` for none. Each checkpoint commits the state
+            end, and on an interrupt); ``None`` for none. Each checkpoint commits the state
             and the logged history together, atomically (:mod:`distillation.checkpoint`).
         resume: continue from the checkpoint in ``checkpoint_dir``. A resumed run ends in exactly
             the state of an uninterrupted one (the whole state, PRNG key included, is saved).
@@ -721,12 +769,12 @@ def distill(
             checkpoint so that a refusal names each setting that differs.
         progress: show a progress bar with the current losses.
         on_log: called every ``config.log_every`` steps with ``(step, metrics)``.
-        snapshot_steps: iteration counts after which to keep a copy of the support set, with the
+        snapshot_steps: iteration counts after which to keep a copy of the result, with the
             wall-clock time so far (for accuracy-against-time curves); ``0`` is the start.
-        interrupts: the command's :class:`~distillation.interrupts.InterruptGuard`: told when
-            the run holds steps not yet in a checkpoint (a signal then stops the run after the
-            step in flight, with a checkpoint). ``None`` (library use): SIGTERM is handled that
-            way while the loop runs, and Ctrl-C (``KeyboardInterrupt``) writes a checkpoint too.
+        interrupts: the program's :class:`~distillation.interrupts.InterruptGuard` (the one
+            signal handling of a program; the command line installs it): a signal stops the run
+            after the step in flight, with a checkpoint. ``None`` (library use): no signal
+            handler is installed; Ctrl-C (``KeyboardInterrupt``) still writes a checkpoint.
 
     Returns:
         The learned support set, the logged metrics, the wall-clock seconds spent in this call
@@ -739,21 +787,16 @@ def distill(
     """
     import time
 
-    from tqdm.auto import tqdm
-
+    t0 = time.perf_counter()
     x_train = np.asarray(x_train, np.float32)
     y_train = np.asarray(y_train)
     if x_train.ndim != 4:
         raise ValueError(f"x_train must be (N, H, W, C), got shape {x_train.shape}.")
-    snapshot_steps = set(snapshot_steps)
-    bad = [s for s in snapshot_steps if isinstance(s, bool) or not isinstance(s, int) or s < 0]
-    if bad:
-        raise ValueError(f"snapshot_steps must be integers >= 0, got {sorted(map(str, bad))}.")
+    snapshots = Snapshots(snapshot_steps, lambda st: ema_support(st, config.ema_decay), t0)
     meta: dict[str, Any] = {}
     if resume and checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
         meta = read_checkpoint_meta(checkpoint_dir) or {}
         check_resumable(checkpoint_dir, meta, fingerprint, settings)
-    t0 = time.perf_counter()
     if interrupts is not None:
         interrupts.set_phase("compiling")
     k_support, k_state = jax.random.split(key)
@@ -766,195 +809,112 @@ def distill(
         init_temperature=config.init_temperature,
         center_labels=config.center_labels,
     )
-    pool = make_pool(x_train.shape[1:], num_classes, config)
-    state = init_state(support, pool, config, key=k_state)
-    history: list[dict[str, float]] = []
-    seconds_before, segments_before = 0.0, 0
+    distiller = Distiller.build(
+        algorithm, config, image_shape=x_train.shape[1:], num_classes=num_classes
+    )
+    state = distiller.init(support, key=k_state)
+    history = History(on_log=on_log)
+    segments_before = 0
     if meta:
         state, meta = load_checkpoint(checkpoint_dir, state)  # type: ignore[arg-type]
-        history = list(meta.get("history", []))
-        seconds_before = float(meta.get("seconds", 0.0))
+        history = History(meta.get("history", []), float(meta.get("seconds", 0.0)), on_log)
         segments_before = int(meta.get("segments", 1))
+    history.t0 = t0
     start = int(state.step)
-    last_saved = start  # the state at `last_saved` steps is in a checkpoint (or is the start)
+    if not algorithm.learns and start < config.steps:
+        raise ValueError(
+            f"{algorithm.name} does not learn its support set: run it with steps=0, got "
+            f"steps={config.steps}."
+        )
+    bar = ProgressBar(config.steps, algorithm.name, disable=not progress)
+    checkpointer = None
+    if checkpoint_dir is not None:
+        checkpointer = Checkpointer(
+            checkpoint_dir,
+            config.checkpoint_every,
+            config.steps,
+            lambda step: {
+                "fingerprint": fingerprint,
+                "settings": settings,
+                "step": step,
+                "history": history.rows,
+                "seconds": history.seconds(),
+                "segments": segments_before + 1,
+            },
+            guard=interrupts,
+            saved=start,
+        )
+    callbacks: list[Callback] = [bar, history]
+    callbacks += [checkpointer] if checkpointer is not None else []
+    callbacks += [snapshots]
+    callbacks += [SignalStop(interrupts)] if interrupts is not None else []
 
     def kept() -> str:
         if checkpoint_dir is None or not has_checkpoint(checkpoint_dir):
             return "nothing was saved"
-        return f"the checkpoint at step {last_saved} in {checkpoint_dir} is kept"
+        saved = checkpointer.last_saved if checkpointer is not None else start
+        return f"the checkpoint at step {saved} in {checkpoint_dir} is kept"
 
-    def checkpoint():
-        nonlocal last_saved
-        if checkpoint_dir is None:
-            return
-        step = int(state.step)
-        record = {
-            "fingerprint": fingerprint,
-            "settings": settings,
-            "step": step,
-            "history": history,
-            "seconds": seconds_before + time.perf_counter() - t0,
-            "segments": segments_before + 1,
-        }
-        save_checkpoint(checkpoint_dir, state, record)
-        last_saved = step
-        if interrupts is not None:
-            interrupts.set_unsaved(False)
-            interrupts.set_phase(interrupts.phase, kept() + _RESUME_HINT)
-
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-
-    def stop_signal() -> int | None:
-        return interrupts.requested if interrupts is not None else stop["signal"]
-
-    previous = None
-    if interrupts is None:
-        try:  # finish the current step, then checkpoint and stop (main thread only)
-            previous = signal.signal(signal.SIGTERM, on_signal)
-        except ValueError:
-            previous = None
-    bar = tqdm(
-        total=config.steps,
-        initial=start,
-        disable=not progress,
-        desc=algorithm.name,
-        dynamic_ncols=True,
-    )
-    snapshots: list[Snapshot] = []
-
-    def snapshot(done: int):
-        if done in snapshot_steps:
-            support = jax.device_get(jax.block_until_ready(ema_support(state, config.ema_decay)))
-            snapshots.append(Snapshot(done, time.perf_counter() - t0, support))
-
-    snapshot(start)
+    x_dev = jnp.asarray(x_train)
+    y_dev = jax.nn.one_hot(jnp.asarray(y_train), num_classes, dtype=jnp.float32)
     try:
         if start < config.steps:
             if interrupts is not None:
                 interrupts.set_phase("compiling", kept() + (_RESUME_HINT if start else ""))
-            # Compiled ahead of time, so that the loop below only runs steps: a signal during
-            # compilation finds nothing unsaved and ends the process at once.
-            tuner = LearningRateTuner(every=config.tune_every)
-            tuning = (
-                config.lr_tuning == "probe" and tuner.every > 0 and algorithm.uses_learning_rates
-            )
-            x_dev = jnp.asarray(x_train)
-            y_dev = jax.nn.one_hot(jnp.asarray(y_train), num_classes, dtype=jnp.float32)
-            if config.lr_tuning == "released" and start == 0 and algorithm.uses_learning_rates:
-                state = _preround(algorithm, pool, config, state, x_dev, y_dev, bar)
-            step_fn = (
-                jax.jit(make_step(algorithm, pool, config), donate_argnums=0)
-                .lower(state, x_dev, y_dev)
-                .compile()
-            )
-            if tuning:
-                tune_fn = (
-                    jax.jit(make_tune_step(algorithm, pool, config, tuner), donate_argnums=0)
-                    .lower(state, x_dev, y_dev)
-                    .compile()
+            if distiller.has_preround and start == 0:
+                state = distiller.tune_learning_rates(
+                    state, x_dev, y_dev, on_probe=lambda a: bar.note(_rates("tuning", a))
                 )
+                bar.note(_rates("tuned", state.algorithm))
             if interrupts is not None:
                 interrupts.set_phase("distilling")
-        for it in range(start, config.steps):
-            if tuning and it % tuner.every == 0:
-                state = tune_fn(state, x_dev, y_dev)
-            state, metrics = step_fn(state, x_dev, y_dev)
-            done = it + 1
-            if interrupts is not None and checkpoint_dir is not None:
-                interrupts.set_unsaved(True)
-            if done % config.log_every == 0 or done == config.steps:
-                row = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                not_finite = [k for k, v in row.items() if not math.isfinite(v)]
-                if not_finite:
-                    raise RunFailed(
-                        f"the run diverged at step {done}: "
-                        + ", ".join(f"{k} = {row[k]}" for k in not_finite)
-                        + " (NaN or overflow: a solve failed, or a learning rate is too large)."
-                    )
-                row["step"] = done
-                row["seconds"] = seconds_before + time.perf_counter() - t0
-                history.append(row)
-                bar.set_postfix(
-                    outer=f"{row['outer_loss']:.3f}",
-                    acc=f"{row['target_acc']:.2f}",
-                    inner=f"{row['inner_loss']:.3g}",
-                    refresh=False,
-                )
-                if on_log is not None:
-                    on_log(done, row)
-            bar.update(1)
-            snapshot(done)
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                checkpoint()
-            if stop_signal() is not None:
-                raise Interrupted()
-    except (KeyboardInterrupt, Interrupted) as exc:
-        bar.close()
-        saved_before = last_saved
-        try:
-            jax.block_until_ready(state)
-            if int(state.step) != last_saved:
-                checkpoint()
-        except RuntimeError:  # Ctrl-C inside a step: its donated input is gone, its output lost
-            pass
-        signum = stop_signal()
-        by = f" by {signal.Signals(signum).name}" if signum is not None else ""
-        written = last_saved != saved_before or (
-            isinstance(exc, Interrupted) and last_saved > start
+        state = run(
+            distiller,
+            state,
+            (x_dev, y_dev),
+            config.steps,
+            callbacks,
+            log_every=config.log_every,
         )
-        if written:
+    except (KeyboardInterrupt, Interrupted) as exc:
+        bar.bar.close()
+        signum = interrupts.requested if interrupts is not None else None
+        by = f" by {signal.Signals(signum).name}" if signum is not None else ""
+        saved = checkpointer.last_saved if checkpointer is not None else 0
+        if checkpointer is not None and saved > start:
             raise Interrupted(
-                f"interrupted{by} at step {last_saved}; checkpoint written in {checkpoint_dir}"
+                f"interrupted{by} at step {saved}; checkpoint written in {checkpoint_dir}"
                 + _RESUME_HINT
             ) from exc
-        hint = _RESUME_HINT if checkpoint_dir is not None and last_saved > 0 else ""
-        raise Interrupted(f"interrupted{by} at step {last_saved}; {kept()}{hint}") from exc
+        hint = _RESUME_HINT if checkpoint_dir is not None and saved > 0 else ""
+        raise Interrupted(f"interrupted{by} at step {saved}; {kept()}{hint}") from exc
     except (RunFailed, jax.errors.JaxRuntimeError) as exc:
         # A solve that reports failure (bilevel's result codes, throw=True) raises at run time
         # from inside the step; say what failed, not where in XLA.
-        bar.close()
+        bar.bar.close()
         note = kept()
         raise RunFailed(f"{_failure(exc)} {note[:1].upper()}{note[1:]}.") from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    bar.close()
-    jax.block_until_ready(state)
     seconds = time.perf_counter() - t0
     # A resumed run that had nothing left to do keeps the time its checkpoint recorded.
-    total_seconds = (
-        seconds_before if meta and int(state.step) == start else seconds_before + seconds
-    )
+    ran = int(state.step) - start
+    total_seconds = history.seconds_before + (seconds if ran or not meta else 0.0)
     return DistillResult(
         ema_support(state, config.ema_decay),
-        history,
+        history.rows,
         seconds,
         int(state.step),
-        int(state.step) - start,
+        ran,
         total_seconds,
-        snapshots,
+        snapshots.taken,
         state.support,
-        state.lrs,
+        state.algorithm,
     )
 
 
-def _preround(algorithm, pool, config, state, x_dev, y_dev, bar) -> DistillState:
-    """Run the released code's learning-rate pre-round and put the tuned rates in the state."""
-    probe_fn = jax.jit(make_preround_probe(algorithm, pool, config))
-
-    def probe(lrs: LearningRates, call: int):
-        bar.set_postfix_str(
-            f"tuning learning rates: inner {float(lrs.inner):.3g}, hessian {float(lrs.hessian):.3g}"
-        )
-        inner, hessian = probe_fn(state, lrs, x_dev, y_dev, jnp.asarray(call, jnp.int32))
-        return int(inner), int(hessian)
-
-    lrs, _ = released_preround(probe, state.lrs)
-    bar.set_postfix_str(f"tuned: inner {float(lrs.inner):.3g}, hessian {float(lrs.hessian):.3g}")
-    return eqx.tree_at(lambda s: s.lrs, state, lrs)
+def _rates(what: str, algorithm: Algorithm) -> str:
+    hessian = algorithm.hessian_lr
+    text = f"{what} learning rates: inner {float(algorithm.inner_lr):.3g}"
+    return text + ("" if hessian is None else f", hessian {float(hessian):.3g}")
 
 
 _RESUME_HINT = "; run the same command with --resume to continue"

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Literal
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -37,6 +37,25 @@ def _sq_norm(tree) -> Array:
     return jnp.asarray(sum(jnp.sum(jnp.square(v)) for v in jax.tree_util.tree_leaves(tree)))
 
 
+class InnerProblem(eqx.Module):
+    """The inner problem of one meta-step: what the final-layer treatments (heads) see.
+
+    Attributes:
+        network: the inner model's parameterisation around the pool model ``θ₀``
+            (:class:`~distillation.networks.LinearizedNetwork` or
+            :class:`~distillation.networks.StandardNetwork`).
+        images: the support images ``(N, H, W, C)``, or a
+            :class:`~distillation.networks.Partitioned` batch (differentiated part + the rest).
+        labels: their labels ``(N, K)``.
+        l2: ``λ``.
+    """
+
+    network: AbstractNetwork
+    images: Any
+    labels: Array
+    l2: Array
+
+
 class AbstractHead(eqx.Module):
     """How the inner problem treats the final layer."""
 
@@ -45,11 +64,11 @@ class AbstractHead(eqx.Module):
         """The inner problem's starting displacement (zeros)."""
 
     @abc.abstractmethod
-    def inner_loss(self, delta, net, x_s, y_s, l2) -> Array:
+    def inner_loss(self, delta, problem: InnerProblem) -> Array:
         """The inner objective minimised over ``delta``."""
 
     @abc.abstractmethod
-    def predict(self, delta, net, x_s, y_s, l2, x_t) -> Array:
+    def predict(self, delta, problem: InnerProblem, x_t) -> Array:
         """Outputs on ``x_t`` of the inner solution ``delta`` (and the support set)."""
 
     def frozen(self, delta):
@@ -58,18 +77,38 @@ class AbstractHead(eqx.Module):
         return None
 
 
+def ridge_dual(
+    features: Float[Array, "n d"],
+    residual: Float[Array, "n k"],
+    l2: float | Array,
+    *,
+    bias: bool,
+    precision: Precision = "float32",
+) -> Array:
+    """The dual coefficients ``α = (φφᵀ [+ 1] + λI)⁻¹ r`` of kernel ridge regression (an
+    ``|S|×|S|`` Cholesky solve; ``bias``: the ``+1`` of an unpenalised-in-the-kernel bias
+    feature), in ``precision``. The one Gram solve every head uses."""
+    dtype = jnp.float64 if precision == "float64" else features.dtype
+    phi = features.astype(dtype)
+    gram = phi @ phi.T
+    if bias:
+        gram = gram + 1.0
+    gram = gram + l2 * jnp.eye(phi.shape[0], dtype=dtype)
+    return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(gram), residual.astype(dtype))
+
+
 class JointHead(AbstractHead):
     """Body and final layer trained together (VIG, CIG)."""
 
     def init(self, net):
         return zeros_like_tree(net.model0)
 
-    def inner_loss(self, delta, net, x_s, y_s, l2):
-        residual = net.output(delta, x_s) - y_s
-        return 0.5 * jnp.sum(residual**2) + 0.5 * l2 * _sq_norm(delta)
+    def inner_loss(self, delta, problem):
+        residual = problem.network.output(delta, problem.images) - problem.labels
+        return 0.5 * jnp.sum(residual**2) + 0.5 * problem.l2 * _sq_norm(delta)
 
-    def predict(self, delta, net, x_s, y_s, l2, x_t):
-        return net.output(delta, x_t)
+    def predict(self, delta, problem, x_t):
+        return problem.network.output(delta, x_t)
 
 
 class ClosedFormHead(AbstractHead):
@@ -97,24 +136,21 @@ class ClosedFormHead(AbstractHead):
     def init(self, net):
         return zeros_like_tree(net.model0.body)
 
-    def dual_coefficients(self, delta_body, net, x_s, y_s, l2):
+    def dual_coefficients(self, delta_body, problem):
         """``(α, g_s, φ_s)`` with ``α = (φ_s φ_sᵀ + 1 + λI)⁻¹ (y_s − g_s)``."""
-        g_s, phi_s = net.offset_and_features(delta_body, x_s)
-        dtype = jnp.float64 if self.precision == "float64" else phi_s.dtype
-        phi = phi_s.astype(dtype)
-        gram = phi @ phi.T + 1.0 + l2 * jnp.eye(phi.shape[0], dtype=dtype)
-        factor = jax.scipy.linalg.cho_factor(gram)
-        alpha = jax.scipy.linalg.cho_solve(factor, (y_s - g_s).astype(dtype))
+        g_s, phi_s = problem.network.offset_and_features(delta_body, problem.images)
+        residual = problem.labels - g_s
+        alpha = ridge_dual(phi_s, residual, problem.l2, bias=True, precision=self.precision)
         return alpha, g_s, phi_s
 
-    def inner_loss(self, delta, net, x_s, y_s, l2):
-        alpha, g_s, _ = self.dual_coefficients(delta, net, x_s, y_s, l2)
-        data_term = 0.5 * l2 * jnp.sum((y_s - g_s) * alpha.astype(g_s.dtype))
-        return data_term + 0.5 * l2 * _sq_norm(delta)
+    def inner_loss(self, delta, problem):
+        alpha, g_s, _ = self.dual_coefficients(delta, problem)
+        data_term = 0.5 * problem.l2 * jnp.sum((problem.labels - g_s) * alpha.astype(g_s.dtype))
+        return data_term + 0.5 * problem.l2 * _sq_norm(delta)
 
-    def predict(self, delta, net, x_s, y_s, l2, x_t):
-        alpha, _, phi_s = self.dual_coefficients(delta, net, x_s, y_s, l2)
-        g_t, phi_t = net.offset_and_features(delta, x_t)
+    def predict(self, delta, problem, x_t):
+        alpha, _, phi_s = self.dual_coefficients(delta, problem)
+        g_t, phi_t = problem.network.offset_and_features(delta, x_t)
         kernel = phi_t.astype(alpha.dtype) @ phi_s.astype(alpha.dtype).T + 1.0
         return g_t + (kernel @ alpha).astype(g_t.dtype)
 
@@ -147,25 +183,22 @@ class KRRHead(AbstractHead):
         mask = jax.tree_util.tree_map(lambda _: False, delta)
         return eqx.tree_at(lambda m: m.head.weight, mask, True)
 
-    def dual_coefficients(self, delta, net, x_s, y_s, l2):
+    def dual_coefficients(self, delta, problem):
         """``(α, g_s, φ₀ₛ)``."""
-        g_s, phi_s = net.change_and_features(delta, x_s)
-        dtype = jnp.float64 if self.precision == "float64" else phi_s.dtype
-        phi = phi_s.astype(dtype)
-        gram = phi @ phi.T + l2 * jnp.eye(phi.shape[0], dtype=dtype)
-        alpha = jax.scipy.linalg.cho_solve(
-            jax.scipy.linalg.cho_factor(gram), (y_s - g_s).astype(dtype)
-        )
+        g_s, phi_s = problem.network.change_and_features(delta, problem.images)
+        residual = problem.labels - g_s
+        alpha = ridge_dual(phi_s, residual, problem.l2, bias=False, precision=self.precision)
         return alpha, g_s, phi_s
 
-    def inner_loss(self, delta, net, x_s, y_s, l2):
-        alpha, g_s, _ = self.dual_coefficients(delta, net, x_s, y_s, l2)
+    def inner_loss(self, delta, problem):
+        alpha, g_s, _ = self.dual_coefficients(delta, problem)
+        y_s, l2 = problem.labels, problem.l2
         data_term = 0.5 * l2 * jnp.sum((y_s - g_s) * alpha.astype(g_s.dtype))
         return (data_term + 0.5 * l2 * _sq_norm(delta)) / (y_s.shape[0] * y_s.shape[1])
 
-    def predict(self, delta, net, x_s, y_s, l2, x_t):
-        alpha, _, phi_s = self.dual_coefficients(delta, net, x_s, y_s, l2)
-        g_t, phi_t = net.change_and_features(delta, x_t)
+    def predict(self, delta, problem, x_t):
+        alpha, _, phi_s = self.dual_coefficients(delta, problem)
+        g_t, phi_t = problem.network.change_and_features(delta, x_t)
         kernel = phi_t.astype(alpha.dtype) @ phi_s.astype(alpha.dtype).T
         return g_t + (kernel @ alpha).astype(g_t.dtype)
 
@@ -195,8 +228,7 @@ def closed_form_head(
     Returns:
         A :class:`~distillation.models.Head` holding ``Δ_F*`` (weight ``(d, k)``, bias ``(k,)``).
     """
-    gram = features @ features.T + 1.0 + l2 * jnp.eye(features.shape[0], dtype=features.dtype)
-    alpha = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(gram), residual)
+    alpha = ridge_dual(features, residual, l2, bias=True)
     return Head(features.T @ alpha, jnp.sum(alpha, axis=0))
 
 

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 import bilevel
-from distillation.algorithms import Algorithm, LearningRates
+from distillation.algorithms import Algorithm
+from distillation.objectives import InnerProblem
 
 
 def classify_trace(trace: Array) -> Array:
@@ -45,7 +46,7 @@ def classify_trace(trace: Array) -> Array:
 
 
 def released_schedule(
-    lrs: LearningRates,
+    inner_lr: Array,
     stats: Array,
     step: Array,
     every: int = 50,
@@ -53,90 +54,90 @@ def released_schedule(
     monotone_fraction: float = 0.7,
     decrease: float = 0.9,
     increase: float = 1.05,
-) -> tuple[LearningRates, Array]:
+) -> tuple[Array, Array]:
     """The released code's in-training rule for the inner learning rate.
 
     Args:
-        lrs: the current rates.
+        inner_lr: the current inner learning rate.
         stats: counts ``(failed, monotone, all)`` of the inner solves since the last change,
             this iteration's included.
         step: this iteration's index (0-based); the rule runs when it is a positive multiple
             of ``every`` (so the first window holds ``every + 1`` solves, as in ``run_rcig``).
 
     Returns:
-        The rates and the counts (reset when the rule ran).
+        The inner learning rate and the counts (reset when the rule ran).
     """
     due = (step % every == 0) & (step > 0)
     total = jnp.maximum(stats[2], 1).astype(jnp.float32)
     cut = stats[0].astype(jnp.float32) / total >= fail_fraction
     grow = stats[1].astype(jnp.float32) / total >= monotone_fraction
     factor = jnp.where(cut, decrease, jnp.where(grow, increase, 1.0))
-    inner = jnp.where(due, lrs.inner * factor, lrs.inner).astype(lrs.inner.dtype)
-    return LearningRates(inner, lrs.hessian), jnp.where(due, jnp.zeros_like(stats), stats)
+    inner = jnp.where(due, inner_lr * factor, inner_lr).astype(inner_lr.dtype)
+    return inner, jnp.where(due, jnp.zeros_like(stats), stats)
 
 
 def released_preround(
-    probe: Callable[[LearningRates, int], tuple[int, int]],
-    lrs: LearningRates,
+    probe: Callable[[Algorithm, int], tuple[int, int]],
+    algorithm: Algorithm,
     increase: float = 1.2,
     final: float = 0.7,
     max_probes: int = 200,
-) -> tuple[LearningRates, int]:
+) -> tuple[Algorithm, int]:
     """The released code's learning-rate pre-round (``distill_dataset.py``).
 
     Args:
-        probe: ``(rates, call index) -> (inner class, Hessian-inverse class)`` of one
-            meta-step's solves with those rates (:func:`classify_trace`).
-        lrs: the starting rates (the released code's 1e-5 and 5e-5).
+        probe: ``(algorithm, call index) -> (inner class, Hessian-inverse class)`` of one
+            meta-step's solves with that algorithm's rates (:func:`classify_trace`).
+        algorithm: with the starting rates (the released code's 1e-5 and 5e-5).
         max_probes: a bound on each of the two loops (the released code has none; a rate that
             never stops being monotone would loop for ever).
 
     Returns:
-        The tuned rates and the number of probes run.
+        The algorithm with the tuned rates (replaced leaves) and the number of probes run.
     """
     calls = 0
-    inner, hessian = lrs.inner, lrs.hessian
-    for _ in range(max_probes):
-        inner_class, _ = probe(LearningRates(inner, hessian), calls)
-        calls += 1
-        inner = inner * increase
-        if inner_class != 1:
-            break
-    inner = inner * final
-    for _ in range(max_probes):
-        _, hessian_class = probe(LearningRates(inner, hessian), calls)
-        calls += 1
-        hessian = hessian * increase
-        if hessian_class != 1:
-            break
-    hessian = hessian * final
-    return LearningRates(jnp.asarray(inner, jnp.float32), jnp.asarray(hessian, jnp.float32)), calls
+    # float32 arithmetic, as the rates are float32 leaves.
+    inner, hessian = algorithm.inner_lr, algorithm.hessian_lr
+    if algorithm.n_inner > 0:
+        for _ in range(max_probes):
+            inner_class, _ = probe(algorithm.with_learning_rates(inner, hessian), calls)
+            calls += 1
+            inner = inner * increase
+            if inner_class != 1:
+                break
+        inner = inner * final
+    if hessian is not None:
+        for _ in range(max_probes):
+            _, hessian_class = probe(algorithm.with_learning_rates(inner, hessian), calls)
+            calls += 1
+            hessian = hessian * increase
+            if hessian_class != 1:
+                break
+        hessian = hessian * final
+    return algorithm.with_learning_rates(inner, hessian), calls
 
 
 def solve_traces(
-    algorithm: Algorithm, net, x_s, y_s, l2, x_t, y_t, log_temperature, lrs: LearningRates
+    algorithm: Algorithm, problem: InnerProblem, x_t, y_t, log_temperature
 ) -> tuple[Array, Array]:
-    """The loss traces of one meta-step's inner solve and Hessian-inverse solve (the quadratic),
-    with the rates ``lrs``: the values before each step and at the returned point (``steps + 1``
-    entries each; the Hessian one empty when there is no tuned ``AdamQuadratic``)."""
-    head = algorithm.head
-    delta, info, _ = algorithm.minimizer(lrs.inner)(
-        head.inner_loss, head.init(net), net, x_s, y_s, l2
-    )
+    """The loss traces of one meta-step's inner solve and Hessian-inverse solve (the quadratic)
+    with ``algorithm``'s rates: the values before each step and at the returned point
+    (``steps + 1`` entries each; the Hessian one empty when there is no tuned
+    ``AdamQuadratic``)."""
+    head = algorithm.final_layer
+    delta, info, _ = algorithm.inner_solver(head.inner_loss, head.init(problem.network), problem)
     inner_trace = jnp.append(info.loss_trace, info.loss)
     hessian_trace = jnp.zeros((0,), jnp.float32)
-    if algorithm.linear_solver is None and algorithm.n_hessian > 0:
+    solver = algorithm.tuned_hessian_solver
+    if solver is not None:
         g = jax.grad(
-            lambda d: algorithm.outer_loss(
-                head.predict(d, net, x_s, y_s, l2, x_t), y_t, log_temperature
-            )
+            lambda d: algorithm.outer_loss(head.predict(d, problem, x_t), y_t, log_temperature)
         )(delta)
 
         def matvec(v):
-            return bilevel.hvp(head.inner_loss, delta, v, net, x_s, y_s, l2)
+            return bilevel.hvp(head.inner_loss, delta, v, problem)
 
-        _, trace = algorithm.hessian_solver(lrs.hessian).solve_with_trace(matvec, g)
-        hessian_trace = trace
+        _, hessian_trace = solver.solve_with_trace(matvec, g)
     return inner_trace, hessian_trace
 
 
@@ -174,14 +175,15 @@ class LearningRateTuner(eqx.Module):
         return jnp.where(diverged, lr * self.decrease, jnp.where(monotone, lr * self.increase, lr))
 
     def probe(
-        self, algorithm: Algorithm, net, x_s, y_s, l2, x_t, y_t, log_temperature, lrs: LearningRates
-    ) -> LearningRates:
-        """Rerun the inner and Hessian-inverse solves with traces and adjust both rates."""
-        inner_trace, hessian_trace = solve_traces(
-            algorithm, net, x_s, y_s, l2, x_t, y_t, log_temperature, lrs
-        )
-        inner = self.adjust(lrs.inner, inner_trace) if algorithm.n_inner > 0 else lrs.inner
-        hessian = lrs.hessian
-        if hessian_trace.shape[0] > 0:
-            hessian = self.adjust(lrs.hessian, hessian_trace)
-        return LearningRates(inner, hessian)
+        self, algorithm: Algorithm, problem: InnerProblem, x_t, y_t, log_temperature
+    ) -> Algorithm:
+        """Rerun the inner and Hessian-inverse solves with traces; the algorithm with both
+        rates adjusted."""
+        inner_trace, hessian_trace = solve_traces(algorithm, problem, x_t, y_t, log_temperature)
+        inner = algorithm.inner_lr
+        if algorithm.n_inner > 0:
+            inner = self.adjust(inner, inner_trace)
+        hessian = algorithm.hessian_lr
+        if hessian is not None and hessian_trace.shape[0] > 0:
+            hessian = self.adjust(hessian, hessian_trace)
+        return algorithm.with_learning_rates(inner, hessian)

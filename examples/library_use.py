@@ -13,40 +13,40 @@ import jax.numpy as jnp
 import bilevel
 from distillation import (
     DistillConfig,
+    Distiller,
     EvalConfig,
-    LearningRateTuner,
     evaluate_support,
-    init_state,
     init_support,
     load_dataset,
-    make_pool,
-    make_step,
-    make_tune_step,
     rcig,
 )
 
 
 def main():
     data = load_dataset("digits")
-    config = DistillConfig(steps=100, pool_size=10, width=32, target_batch=256)
+    # lr_tuning="probe": the paper text's automatic inner / Hessian-inverse learning rates.
+    config = DistillConfig(steps=100, pool_size=10, width=32, target_batch=256, lr_tuning="probe")
 
     # RCIG, but with conjugate gradient instead of AdamQuadratic for v = H⁻¹g: one argument.
     algorithm = rcig(linear_solver=bilevel.CG(rtol=1e-4, max_steps=20, throw=False))
 
-    pool = make_pool(data.image_shape, data.num_classes, config)
+    distiller = Distiller.build(
+        algorithm, config, image_shape=data.image_shape, num_classes=data.num_classes
+    )
     support = init_support(
         data.x_train, data.y_train, data.num_classes, ipc=1, key=jax.random.key(0)
     )
-    state = init_state(support, pool, config, key=jax.random.key(1))
-    step = jax.jit(make_step(algorithm, pool, config))
-    tune = jax.jit(make_tune_step(algorithm, pool, config, LearningRateTuner(every=10)))
+    state = distiller.init(support, key=jax.random.key(1))
+    step = jax.jit(distiller.step)  # compiled once; the state is an immutable pytree
+    batch = jax.jit(distiller.next_batch)  # the next target batch (shuffled epochs)
+    tune = jax.jit(distiller.probe)
 
     x = jnp.asarray(data.x_train)
     y = jax.nn.one_hot(jnp.asarray(data.y_train), data.num_classes)
     for i in range(config.steps):
         if i % 10 == 0:
-            state = tune(state, x, y)  # the paper's automatic inner / Hessian-inverse lr
-        state, metrics = step(state, x, y)  # compiled once; state is an immutable pytree
+            state = tune(state, x, y)  # adjusts the rates: leaves of state.algorithm
+        state, metrics = step(state, batch(state, x, y))
         if (i + 1) % 25 == 0:
             print(
                 f"step {i + 1}: outer loss {float(metrics['outer_loss']):.3f}, "

@@ -10,7 +10,6 @@ from sklearn.datasets import load_digits
 
 import bilevel
 from distillation.algorithms import (
-    LearningRates,
     SupportSet,
     cig,
     frepo,
@@ -20,17 +19,10 @@ from distillation.algorithms import (
     rig,
     vig,
 )
-from distillation.distill import (
-    DistillConfig,
-    init_state,
-    init_support,
-    make_pool,
-    make_step,
-    make_tune_step,
-)
+from distillation.distill import DistillConfig, Distiller, init_support
 from distillation.models import conv_net
 from distillation.networks import LinearizedNetwork, StandardNetwork
-from distillation.objectives import ClosedFormHead, closed_form_head
+from distillation.objectives import ClosedFormHead, InnerProblem, closed_form_head
 from distillation.tuning import LearningRateTuner
 
 
@@ -176,13 +168,14 @@ def test_meta_gradient_matches_finite_differences_of_the_bilevel_objective(make,
     # Gradient descent with step 0.5/L (L: the inner Hessian's largest eigenvalue at the start)
     # converges on each of the four inner problems (measured κ = L/λ ≤ 25: 3000 steps suffice).
     net = algorithm.network(model)
-    start = algorithm.head.init(net)
-    inner = lambda d: algorithm.head.inner_loss(d, net, x_s, y_s, l2)  # noqa: E731
+    start = algorithm.final_layer.init(net)
+    problem = InnerProblem(net, x_s, y_s, l2)
+    inner = lambda d: algorithm.final_layer.inner_loss(d, problem)  # noqa: E731
     top = bilevel.largest_eigenvalue(lambda v: bilevel.hvp(inner, start, v), start, 100)
-    lrs = LearningRates(0.5 / top, jnp.asarray(0.0))
+    algorithm = algorithm.with_learning_rates(0.5 / top)
 
     def meta(s):
-        return meta_loss(s, algorithm, model, x_t, y_t, l2, lrs)
+        return meta_loss(s, algorithm, model, x_t, y_t, l2)
 
     objective = jax.jit(meta)
     (loss, info), grad = jax.jit(jax.value_and_grad(meta, has_aux=True))(support)
@@ -213,10 +206,9 @@ def test_rcig_meta_gradient_with_adam_quadratic_and_without_the_implicit_part(x6
     model, x_s, y_s, x_t, y_t = _tiny()
     l2 = jnp.asarray(0.5)
     support = SupportSet(x_s, y_s, jnp.asarray(np.log(0.3)))
-    lrs = LearningRates(jnp.asarray(0.5), jnp.asarray(0.0))
-    grad_of = lambda algorithm: jax.grad(
-        lambda s: meta_loss(  # noqa: E731
-            s, algorithm, model, x_t, y_t, l2, lrs
+    grad_of = lambda algorithm: jax.grad(  # noqa: E731
+        lambda s: meta_loss(
+            s, algorithm.with_learning_rates(jnp.asarray(0.5)), model, x_t, y_t, l2
         )[0]
     )(support)
     exact = grad_of(rcig(n_inner=4000, linear_solver=bilevel.Dense(), inner_optimizer=optax.sgd))
@@ -242,10 +234,10 @@ def test_every_algorithm_gives_finite_meta_gradient(make):
     the step counts are cut to 4 so that the unrolled programs compile quickly."""
     model, x_s, y_s, x_t, y_t = _tiny(dtype=jnp.float32)
     support = SupportSet(x_s, y_s, jnp.asarray(np.log(0.1), jnp.float32))
-    lrs = LearningRates(jnp.asarray(1e-2), jnp.asarray(1e-2))
     algorithm = make() if make is frepo else make(n_inner=4, n_hessian=4)
-    (loss, info), grad = jax.jit(jax.value_and_grad(meta_loss, has_aux=True), static_argnums=1)(
-        support, algorithm, model, x_t, y_t, jnp.asarray(0.01), lrs
+    algorithm = algorithm.with_learning_rates(1e-2, 1e-2)
+    (loss, info), grad = jax.jit(jax.value_and_grad(meta_loss, has_aux=True))(
+        support, algorithm, model, x_t, y_t, jnp.asarray(0.01)
     )
     leaves = jax.tree_util.tree_leaves(grad)
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in leaves)
@@ -277,23 +269,21 @@ def test_step_compiles_once_and_distillation_lowers_outer_loss():
         steps=40, pool_size=4, reset_every=10, target_batch=128, width=8, tune_every=5
     )
     algorithm = rcig(n_inner=5, n_hessian=5)
-    pool = make_pool(x.shape[1:], 10, config)
+    distiller = Distiller.build(algorithm, config, image_shape=x.shape[1:], num_classes=10)
     support = init_support(x, y, 10, 1, key=jax.random.key(0))
-    state = init_state(support, pool, config, key=jax.random.key(1))
-    step = jax.jit(make_step(algorithm, pool, config))
-    tune = jax.jit(make_tune_step(algorithm, pool, config, LearningRateTuner(every=5)))
+    state = distiller.init(support, key=jax.random.key(1))
+    step = jax.jit(distiller.step)
+    tune = jax.jit(distiller.probe)
+    batch = jax.jit(distiller.next_batch)
     x_dev, y_dev = jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 10)
 
     # Held-out judge: fresh models, a fixed large target batch, the same outer loss.
     judges = [
         conv_net(x.shape[1:], 10, key=k, width=8) for k in jax.random.split(jax.random.key(7), 4)
     ]
-    lrs = LearningRates(jnp.asarray(1e-2), jnp.asarray(1e-2))
-
+    judged = algorithm.with_learning_rates(1e-2, 1e-2)
     judge_loss = jax.jit(
-        lambda s, m: meta_loss(s, algorithm, m, x_dev[:500], y_dev[:500], jnp.asarray(0.005), lrs)[
-            0
-        ]
+        lambda s, m: meta_loss(s, judged, m, x_dev[:500], y_dev[:500], jnp.asarray(0.005))[0]
     )
 
     def judge(s):
@@ -304,8 +294,8 @@ def test_step_compiles_once_and_distillation_lowers_outer_loss():
     for i in range(config.steps):
         if i % 5 == 0:
             state = tune(state, x_dev, y_dev)
-            lr_history.append((float(state.lrs.inner), float(state.lrs.hessian)))
-        state, metrics = step(state, x_dev, y_dev)
+            lr_history.append((float(state.algorithm.inner_lr), float(state.algorithm.hessian_lr)))
+        state, metrics = step(state, batch(state, x_dev, y_dev))
     after = judge(state.support)
     assert step._cache_size() == 1  # one compilation for all iterations
     assert tune._cache_size() == 1
@@ -320,14 +310,33 @@ def test_subsampled_backward_updates_only_the_drawn_images_and_flip_runs():
     x, y = _digits()
     config = DistillConfig(pool_size=2, target_batch=64, width=4, n_subset=4, flip=True)
     algorithm = rcig(n_inner=3, n_hessian=3)
-    pool = make_pool(x.shape[1:], 10, config)
+    distiller = Distiller.build(algorithm, config, image_shape=x.shape[1:], num_classes=10)
     support = init_support(x, y, 10, 1, key=jax.random.key(0))
-    state = init_state(support, pool, config, key=jax.random.key(1))
-    step = jax.jit(make_step(algorithm, pool, config))
-    new_state, metrics = step(state, jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 10))
+    state = distiller.init(support, key=jax.random.key(1))
+    data = jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 10)
+    new_state, metrics = jax.jit(distiller.step)(state, distiller.next_batch(state, *data))
     changed = np.any(np.asarray(new_state.support.images != state.support.images), axis=(1, 2, 3))
     # First AdaBelief step: zero gradient means zero update, so exactly the subset moved.
     assert int(changed.sum()) == 4
     assert np.isfinite(float(metrics["outer_loss"]))
     with pytest.raises(ValueError, match="n_subset"):
         DistillConfig(n_subset=0)
+
+
+def test_the_architecture_pages_new_algorithm_runs():
+    """docs/architecture.md's ten-line algorithm, run from the page's own code block: a pytree
+    whose learning rate is a leaf, and a finite, non-zero meta-gradient."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    block = re.search(r"```python\n(.*?)```", page, re.S).group(1)
+    namespace: dict = {}
+    exec(block, namespace)  # noqa: S102 - the documentation's example, verbatim
+    algorithm = namespace["krr_unrolled"]
+    assert float(algorithm.with_learning_rates(inner=5e-3).inner_lr) == pytest.approx(5e-3)
+    model, x_s, y_s, x_t, y_t = _tiny(dtype=jnp.float32)
+    support = SupportSet(x_s, y_s, jnp.asarray(0.0, jnp.float32))
+    grad = jax.jit(jax.grad(lambda s: meta_loss(s, algorithm, model, x_t, y_t, 0.1)[0]))(support)
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(grad))
+    assert float(jnp.linalg.norm(grad.images)) > 0

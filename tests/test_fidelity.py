@@ -12,7 +12,6 @@ from problems import rel_err, tree_ravel
 
 import bilevel
 from distillation.algorithms import (
-    LearningRates,
     SupportSet,
     clip_to_direct,
     meta_loss,
@@ -22,17 +21,15 @@ from distillation.augment import _released_transforms, released_augment
 from distillation.cli import table7_steps
 from distillation.distill import (
     DistillConfig,
+    Distiller,
     distill_activation,
     ema_support,
     epoch_batch,
-    init_state,
     init_support,
     l2_strength,
-    make_pool,
-    make_step,
 )
 from distillation.models import conv_net
-from distillation.objectives import label_margin
+from distillation.objectives import InnerProblem, label_margin
 from distillation.pool import ModelPool
 from distillation.tuning import classify_trace, released_preround, released_schedule
 
@@ -81,12 +78,13 @@ def test_krr_head_is_the_released_loss_and_prediction(x64):
     err = y_s - (out_s + k_ss @ w)
     sq = sum(jnp.sum(v**2) for v in jax.tree_util.tree_leaves(delta))
     released = (0.5 * jnp.trace(err @ err.T) + 0.5 * l2 * (jnp.trace(w.T @ k_ss @ w) + sq)) / 12
-    ours = algorithm.head.inner_loss(delta, net, x_s, y_s, l2)
+    problem = InnerProblem(net, x_s, y_s, jnp.asarray(l2))
+    ours = algorithm.final_layer.inner_loss(delta, problem)
     assert rel_err(ours, released) < 1e-12
     feat_t, out_t = jvp_parts(x_t)
     pred = out_t + feat_t @ feat_s.T @ w
-    assert rel_err(algorithm.head.predict(delta, net, x_s, y_s, l2, x_t), pred) < 1e-12
-    frozen = algorithm.head.frozen(delta)
+    assert rel_err(algorithm.final_layer.predict(delta, problem, x_t), pred) < 1e-12
+    frozen = algorithm.final_layer.frozen(delta)
     assert frozen.head.weight is True and frozen.head.bias is False
     assert not any(jax.tree_util.tree_leaves(frozen.body))
 
@@ -100,16 +98,16 @@ def test_released_rcig_meta_gradient_is_the_released_formula(x64):
     support = SupportSet(x_s, y_s, jnp.asarray(0.2))
     l2 = jnp.asarray(2.0)
     algorithm = rcig(n_inner=1500, linear_solver=bilevel.Dense(), inner_optimizer=optax.sgd)
-    head, net = algorithm.head, algorithm.network(model)
-    inner = lambda d, s: head.inner_loss(d, net, s.images, s.labels, l2)  # noqa: E731
+    head, net = algorithm.final_layer, algorithm.network(model)
+    inner = lambda d, s: head.inner_loss(d, InnerProblem(net, s.images, s.labels, l2))  # noqa: E731
     start = head.init(net)
     top = bilevel.largest_eigenvalue(lambda v: bilevel.hvp(inner, start, v, support), start, 100)
     lr = 0.5 / top
-    lrs = LearningRates(lr, jnp.asarray(0.0))
+    algorithm = algorithm.with_learning_rates(lr)
 
     (_, info), (direct, implicit) = jax.jit(
         jax.value_and_grad(
-            lambda a, b: meta_loss(a, algorithm, model, x_t, y_t, l2, lrs, inner=b),
+            lambda a, b: meta_loss(a, algorithm, model, x_t, y_t, l2, inner=b),
             argnums=(0, 1),
             has_aux=True,
         )
@@ -129,7 +127,7 @@ def test_released_rcig_meta_gradient_is_the_released_formula(x64):
     assert float(jnp.linalg.norm(jax.grad(inner)(d_star, support).head.weight)) > 1e-3
 
     def outer(d, s):
-        out = head.predict(d, net, s.images, s.labels, l2, x_t)
+        out = head.predict(d, InnerProblem(net, s.images, s.labels, l2), x_t)
         return algorithm.outer_loss(out, y_t, s.log_temperature) - label_margin(s.labels)
 
     flat, unravel = jax.flatten_util.ravel_pytree(d_star)
@@ -180,17 +178,16 @@ def test_released_schedule_on_a_scripted_sequence():
     classes[:51] = 1  # window 1: all monotone -> ×1.05
     classes[51:101][:15] = -1  # window 2: 15/50 = 30 % failed -> ×0.9
     classes[101:151][:14] = -1  # window 3: 14/50 = 28 % failed, 0 % monotone -> keep
-    lrs = LearningRates(jnp.asarray(1.0), jnp.asarray(7.0))
+    inner = jnp.asarray(1.0, jnp.float32)
     stats = jnp.zeros(3, jnp.int32)
     seen = {}
     for step, c in enumerate(classes):
         stats = stats + jnp.asarray([c == -1, c == 1, 1], jnp.int32)
-        lrs, stats = released_schedule(lrs, stats, jnp.asarray(step))
-        seen[step] = float(lrs.inner)
+        inner, stats = released_schedule(inner, stats, jnp.asarray(step))
+        seen[step] = float(inner)
     assert seen[49] == 1.0 and seen[50] == pytest.approx(1.05)
     assert seen[99] == pytest.approx(1.05) and seen[100] == pytest.approx(1.05 * 0.9)
     assert seen[150] == pytest.approx(1.05 * 0.9)
-    assert float(lrs.hessian) == 7.0  # the Hessian-inverse rate is never changed
     assert int(stats[2]) == 0  # reset at 150
 
 
@@ -199,18 +196,21 @@ def test_released_preround_on_a_scripted_probe():
     0.84× the first non-monotone rate (×1.2 after it, then ×0.7), as distill_dataset.py's loops."""
     calls = []
 
-    def probe(lrs, call):
-        calls.append((float(lrs.inner), float(lrs.hessian), call))
-        return int(lrs.inner < 1e-3), int(lrs.hessian < 2.0)
+    def probe(algorithm, call):
+        inner, hessian = float(algorithm.inner_lr), float(algorithm.hessian_lr)
+        calls.append((inner, hessian, call))
+        return int(inner < 1e-3), int(hessian < 2.0)
 
-    tuned, n = released_preround(probe, LearningRates(1e-5, 5e-5))
+    algorithm = rcig()
+    assert (float(algorithm.inner_lr), float(algorithm.hessian_lr)) == pytest.approx((1e-5, 5e-5))
+    tuned, n = released_preround(probe, algorithm)
     first_bad_inner = 1e-5 * 1.2 ** int(np.ceil(np.log(1e-3 / 1e-5) / np.log(1.2)))
-    assert float(tuned.inner) == pytest.approx(first_bad_inner * 1.2 * 0.7, rel=1e-5)
+    assert float(tuned.inner_lr) == pytest.approx(first_bad_inner * 1.2 * 0.7, rel=1e-5)
     first_bad_hessian = 5e-5 * 1.2 ** int(np.ceil(np.log(2.0 / 5e-5) / np.log(1.2)))
-    assert float(tuned.hessian) == pytest.approx(first_bad_hessian * 1.2 * 0.7, rel=1e-5)
+    assert float(tuned.hessian_lr) == pytest.approx(first_bad_hessian * 1.2 * 0.7, rel=1e-5)
     assert n == len(calls) and [c[2] for c in calls] == list(range(n))
     # the Hessian loop probes with the tuned inner rate
-    assert calls[-1][0] == pytest.approx(float(tuned.inner), rel=1e-6)
+    assert calls[-1][0] == pytest.approx(float(tuned.inner_lr), rel=1e-6)
 
 
 def _pool(max_steps, unroll, reset_every=100):
@@ -275,16 +275,18 @@ def test_ema_is_the_bias_corrected_average_of_the_iterates():
     x = np.asarray(jax.random.normal(jax.random.key(0), (60, 8, 8, 1)), np.float32)
     y = np.arange(60) % 3
     config = DistillConfig(pool_size=2, target_batch=16, width=2, depth=1, ema_decay=0.9)
-    pool = make_pool(x.shape[1:], 3, config)
+    distiller = Distiller.build(
+        rcig(n_inner=2, n_hessian=2), config, image_shape=x.shape[1:], num_classes=3
+    )
     support = init_support(x, y, 3, 1, key=jax.random.key(1), center_labels=True)
     np.testing.assert_allclose(support.labels.max(1), 2 / 3, rtol=1e-6)
-    state = init_state(support, pool, config, key=jax.random.key(2))
-    step = jax.jit(make_step(rcig(n_inner=2, n_hessian=2), pool, config))
+    state = distiller.init(support, key=jax.random.key(2))
+    step, batch = jax.jit(distiller.step), jax.jit(distiller.next_batch)
     x_dev, y_dev = jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 3)
     assert rel_err(tree_ravel(ema_support(state, 0.9)), tree_ravel(state.support)) == 0
     iterates = []
     for _ in range(5):
-        state, _ = step(state, x_dev, y_dev)
+        state, _ = step(state, batch(state, x_dev, y_dev))
         iterates.append(state.support)
     weights = np.asarray([0.1 * 0.9 ** (4 - i) for i in range(5)]) / (1 - 0.9**5)
     expected = jax.tree_util.tree_map(
@@ -340,14 +342,15 @@ def test_inner_adam_continues_the_pool_models_step_count():
     target = jnp.asarray([1.0, -2.0, 0.5])
     loss = lambda p: jnp.sum((p - target) ** 2 * jnp.asarray([1.0, 3.0, 0.2]))  # noqa: E731
     lr, age, steps = 0.05, 7, 5
-    got, _, _ = vig(n_inner=steps).minimizer(jnp.asarray(lr), jnp.asarray(age))(loss, jnp.zeros(3))
+    algorithm = vig(n_inner=steps, inner_lr=lr)
+    got, _, _ = algorithm.with_inner_count(jnp.asarray(age)).inner_solver(loss, jnp.zeros(3))
     p, m, v = jnp.zeros(3), jnp.zeros(3), jnp.zeros(3)
     for t in range(age + 1, age + steps + 1):
         g = jax.grad(loss)(p)
         m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g**2
         p = p - lr * (m / (1 - 0.9**t)) / (jnp.sqrt(v / (1 - 0.999**t)) + 1e-8)
     np.testing.assert_allclose(got, p, rtol=1e-5)
-    fresh, _, _ = vig(n_inner=steps).minimizer(jnp.asarray(lr))(loss, jnp.zeros(3))
+    fresh, _, _ = algorithm.inner_solver(loss, jnp.zeros(3))
     assert float(jnp.max(jnp.abs(fresh - got))) > 1e-3  # the counter does change the steps
 
 
@@ -357,18 +360,21 @@ def test_command_line_defaults_follow_the_released_configs():
     1000 images, and off with subsets of 2000 above (the CIFAR-100 50-ipc config)."""
     from types import SimpleNamespace
 
-    from distillation.cli import _distill_config, _resolve, build_parser
+    from distillation.cli import _resolve, build_parser
 
     rgb = SimpleNamespace(image_shape=(32, 32, 3), num_classes=100, grayscale=False)
     gray = SimpleNamespace(image_shape=(28, 28, 1), num_classes=10, grayscale=True)
     parse = build_parser().parse_args
-    s = _resolve(parse(["distill", "--dataset", "x", "--ipc", "10"]), rgb)
-    assert (s["steps"], s["flip"], s["n_subset"]) == (10000, True, None)
-    s = _resolve(parse(["distill", "--dataset", "x", "--ipc", "50"]), rgb)
-    assert (s["steps"], s["flip"], s["n_subset"]) == (5000, False, 2000)
-    s = _resolve(parse(["distill", "--dataset", "x"]), gray)
-    assert (s["steps"], s["flip"], s["target_batch"]) == (15000, False, 1024)
-    config = _distill_config(s, 100)
+    s = _resolve(parse(["distill", "--dataset", "x", "--ipc", "10"]), rgb, "rcig", 0)
+    assert (s.steps, s.flip, s.n_subset) == (10000, True, None)
+    s = _resolve(parse(["distill", "--dataset", "x", "--ipc", "50"]), rgb, "rcig", 0)
+    assert (s.steps, s.flip, s.n_subset) == (5000, False, 2000)
+    s = _resolve(parse(["distill", "--dataset", "x"]), gray, "rcig", 0)
+    assert (s.steps, s.flip, s.target_batch) == (15000, False, 1024)
+    algorithm = s.algorithm()
+    assert (algorithm.n_inner, algorithm.tuned_hessian_solver.steps) == (20, 20)
+    assert (float(algorithm.inner_lr), float(algorithm.hessian_lr)) == pytest.approx((1e-5, 5e-5))
+    config = s.distill_config(100)
     assert (config.lr_tuning, config.pool_max_steps, config.ema_decay) == ("released", 15, 0.99)
     assert (config.pool_lr, config.init_temperature, config.center_labels) == (5e-5, 1.0, True)
     with pytest.raises(SystemExit):

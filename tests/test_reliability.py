@@ -352,11 +352,11 @@ def test_another_runs_checkpoint_is_never_overwritten_silently(tmp_path, capsys)
 
 
 def test_resume_names_each_setting_that_differs(tmp_path, capsys):
-    from distillation.cli import _resolve, _run_settings, build_parser
+    from distillation.cli import _resolve, build_parser
     from distillation.data import load_dataset
 
     args = build_parser().parse_args(["distill", *TINY, "--steps", "5"])
-    now = _run_settings("rcig", 0, _resolve(args, load_dataset("digits")))
+    now = _resolve(args, load_dataset("digits"), "rcig", 0).record()
     out = tmp_path / "run"
     _fake_checkpoint(out, step=3, **{**now, "width": 16, "seed": 7})
     argv = ["distill", *TINY, "--steps", "5", "--out", str(out), "--resume"]

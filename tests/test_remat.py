@@ -13,9 +13,8 @@ import pytest
 from problems import rel_err, tree_ravel
 
 import bilevel
-from distillation import DistillConfig, init_state, init_support, make_step, rcig, rig
-from distillation.algorithms import LearningRates, SupportSet, meta_loss
-from distillation.distill import make_pool
+from distillation import DistillConfig, Distiller, init_support, rcig, rig
+from distillation.algorithms import SupportSet, meta_loss
 from distillation.models import conv_net
 from distillation.networks import LinearizedNetwork, Partitioned, map_batch, remat_map
 from distillation.pool import ModelPool
@@ -98,18 +97,18 @@ def test_subsampled_meta_gradient_is_the_full_one_on_the_drawn_images(make, x64)
     x = _images(n, 3)
     y = jax.nn.one_hot(jnp.arange(n) % 4, 4, dtype=jnp.float64)
     x_t, y_t = _images(16, 4), jax.nn.one_hot(jnp.arange(16) % 4, 4, dtype=jnp.float64)
-    lrs = LearningRates(jnp.asarray(1e-2), jnp.asarray(1e-2))
     algorithm = make(
         n_inner=3,
         linear_solver=bilevel.Neumann(steps=3, step_size=0.1, throw=False),
         inner_optimizer=optax.sgd,
+        inner_lr=jnp.asarray(1e-2),
     )
     log_t = jnp.asarray(-1.0)
     l2 = jnp.asarray(0.5)
 
     @jax.jit
     def grads(support, constant=None):
-        fn = lambda s: meta_loss(s, algorithm, model, x_t, y_t, l2, lrs, constant=constant)[0]
+        fn = lambda s: meta_loss(s, algorithm, model, x_t, y_t, l2, constant=constant)[0]
         return jax.grad(fn)(support)
 
     full = grads(SupportSet(x, y, log_t))
@@ -142,11 +141,13 @@ def _step_peak_bytes(n_subset, ipc):
     x = np.asarray(_images(400, 6, jnp.float32))
     y = np.arange(400) % 10
     config = DistillConfig(pool_size=2, target_batch=32, width=8, n_subset=n_subset)
-    pool = make_pool(x.shape[1:], 10, config)
+    distiller = Distiller.build(
+        rcig(n_inner=2, n_hessian=2), config, image_shape=x.shape[1:], num_classes=10
+    )
     support = init_support(x, y, 10, ipc, key=jax.random.key(0))
-    state = init_state(support, pool, config, key=jax.random.key(1))
-    step = jax.jit(make_step(rcig(n_inner=2, n_hessian=2), pool, config))
-    compiled = step.lower(state, jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 10)).compile()
+    state = distiller.init(support, key=jax.random.key(1))
+    batch = distiller.next_batch(state, jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 10))
+    compiled = jax.jit(distiller.step).lower(state, batch).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
 

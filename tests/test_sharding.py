@@ -17,20 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np
-    from distillation.algorithms import LearningRates, SupportSet, meta_loss, rcig
+    from distillation.algorithms import SupportSet, meta_loss, rcig
     from distillation.data import load_dataset
     from distillation.models import conv_net
-    from distillation.distill import (DistillConfig, data_parallel_mesh, init_state, init_support,
-                                      make_pool, make_step, shard_state)
+    from distillation.distill import (DistillConfig, Distiller, data_parallel_mesh, init_support,
+                                      shard_state)
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     assert jax.device_count() == 4, jax.devices()
     data = load_dataset("digits")
     config = DistillConfig(pool_size=4, target_batch=64, width=8, reset_every=5)
     algorithm = rcig(n_inner=5, n_hessian=5)
-    pool = make_pool(data.image_shape, 10, config)
+    distiller = Distiller.build(algorithm, config, image_shape=data.image_shape, num_classes=10)
     support = init_support(data.x_train, data.y_train, 10, 2, key=jax.random.key(0))
-    state = init_state(support, pool, config, key=jax.random.key(1))
+    state = distiller.init(support, key=jax.random.key(1))
     x = jnp.asarray(data.x_train)
     y = jax.nn.one_hot(jnp.asarray(data.y_train), 10)
     mesh = data_parallel_mesh()
@@ -45,9 +45,9 @@ SCRIPT = textwrap.dedent(
         model0 = conv_net(data.image_shape, 10, key=jax.random.key(5), width=8,
                           dtype=jnp.float64)
         sup64 = f64(support)
-        lrs = LearningRates(jnp.asarray(1e-2), jnp.asarray(1e-2))
+        alg64 = algorithm.with_learning_rates(jnp.asarray(1e-2), jnp.asarray(1e-2))
         grad_fn = jax.jit(jax.grad(lambda s, xt, yt: meta_loss(
-            s, algorithm, model0, xt, yt, jnp.asarray(0.01), lrs)[0]))
+            s, alg64, model0, xt, yt, jnp.asarray(0.01))[0]))
         xt, yt = f64(x[:64]), f64(y[:64])
         single = grad_fn(sup64, xt, yt)
         split = NamedSharding(mesh, P("data"))
@@ -70,12 +70,14 @@ SCRIPT = textwrap.dedent(
     #    Later steps are not compared: Adam-type updates divide by running gradient magnitudes,
     #    so after a step the states differ by far more than the rounding, by an amount that
     #    depends on the CPU.
-    step_single = jax.jit(make_step(algorithm, pool, config))
-    step_sharded = jax.jit(make_step(algorithm, pool, config, mesh=mesh))
+    sharded = Distiller.build(algorithm, config, image_shape=data.image_shape, num_classes=10,
+                              mesh=mesh)
+    step_single = jax.jit(distiller.step)
+    step_sharded = jax.jit(sharded.step)
     s4 = shard_state(state, mesh)
     assert len(s4.pool.ages.sharding.device_set) == 4
-    s1, m1 = step_single(state, x, y)
-    s4, m4 = step_sharded(s4, x, y)
+    s1, m1 = step_single(state, distiller.next_batch(state, x, y))
+    s4, m4 = step_sharded(s4, sharded.next_batch(s4, x, y))
     loss1, loss4 = float(m1["outer_loss"]), float(m4["outer_loss"])
     print(f"first-step outer loss: relative difference {abs(loss1 - loss4) / abs(loss1):.2e}")
     np.testing.assert_allclose(loss1, loss4, rtol=1e-4)
@@ -110,10 +112,9 @@ def test_mesh_rejects_indivisible_sizes(unchecked_types):
     import types
 
     from distillation.algorithms import rcig
-    from distillation.distill import DistillConfig, make_pool, make_step
+    from distillation.distill import DistillConfig, Distiller
 
     config = DistillConfig(target_batch=10, width=4, pool_size=3)
-    pool = make_pool((8, 8, 1), 10, config)
     three_devices = types.SimpleNamespace(size=3)  # only the size is read before the check
     with pytest.raises(ValueError, match="target_batch=10 must be divisible by the 3 devices"):
-        make_step(rcig(), pool, config, mesh=three_devices)
+        Distiller.build(rcig(), config, image_shape=(8, 8, 1), num_classes=10, mesh=three_devices)
