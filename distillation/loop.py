@@ -132,10 +132,10 @@ def run(
 class ProgressBar(Callback):
     """A progress bar (tqdm) over ``total`` iterations with the current losses."""
 
-    def __init__(self, total: int, desc: str, *, disable: bool = False):
+    def __init__(self, total: int, desc: str, *, disable: bool = False, file: Any = None):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, disable=disable, desc=desc, dynamic_ncols=True)
+        self.bar = tqdm(total=total, disable=disable, desc=desc, dynamic_ncols=True, file=file)
 
     def note(self, text: str) -> None:
         """Show ``text`` beside the bar (for instance the learning-rate pre-round's rates)."""
@@ -171,9 +171,9 @@ class History(Callback):
 
     def __init__(
         self,
-        rows: Sequence[dict[str, float]] = (),
+        rows: Sequence[dict[str, Any]] = (),
         seconds_before: float = 0.0,
-        on_log: Callable[[int, dict[str, float]], None] | None = None,
+        on_log: Callable[[int, dict[str, Any]], None] | None = None,
     ):
         self.rows = list(rows)
         self.seconds_before = seconds_before
