@@ -32,6 +32,7 @@ import optax
 from jaxtyping import Array
 
 import bilevel
+from distillation._checks import check_int
 from distillation.models import ConvNet
 from distillation.networks import (
     AbstractNetwork,
@@ -397,11 +398,9 @@ def compose(
             :data:`MAX_UNROLL` steps).
         normalize_rhs: ``AdamQuadratic`` solves for ``g/‖g‖`` and rescales.
     """
-    for what, value in (("n_inner", n_inner), ("n_hessian", n_hessian)):
-        if value is None and what == "n_hessian":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name}: `{what}` must be an integer >= 0, got {value!r}.")
+    check_int(name, "n_inner", n_inner, minimum=0)
+    if n_hessian is not None:
+        check_int(name, "n_hessian", n_hessian, minimum=0)
     if linear_solver is None:
         hypergradient: bilevel.AbstractAdjoint = implicit_adam(
             20 if n_hessian is None else n_hessian,

@@ -22,6 +22,12 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
 
+def with_mirrors(images: Array, labels: Array) -> tuple[Array, Array]:
+    """The images followed by their horizontal mirrors, the labels repeated: the flip strategy
+    of distillation (every inner problem sees both) and of evaluation (``flip=True`` sets)."""
+    return jnp.concatenate([images, images[:, :, ::-1]]), jnp.concatenate([labels, labels])
+
+
 def _affine(image: Array, matrix: Array, shift: Array, mode: str = "constant") -> Array:
     """Resample ``image`` (H, W, C) at ``matrix @ (p − centre) + centre + shift``, zero fill
     (``mode="constant"``) or the nearest edge pixel (``mode="nearest"``)."""

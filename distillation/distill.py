@@ -29,7 +29,9 @@ import optax
 from jaxtyping import Array
 
 from bilevel import optax_step
+from distillation._checks import check_int, one_hot
 from distillation.algorithms import Algorithm, SupportSet, clip_to_direct, meta_loss
+from distillation.augment import with_mirrors
 from distillation.checkpoint import (
     RunFailed,
     has_checkpoint,
@@ -133,11 +135,7 @@ class DistillConfig:
             "log_every",
         )
         for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (name != "steps"):
-                raise ValueError(
-                    f"DistillConfig: `{name}` must be a positive integer, got {value!r}."
-                )
+            check_int("DistillConfig", name, getattr(self, name), minimum=int(name != "steps"))
         for name in (
             "lr_support",
             "lr_temperature",
@@ -206,7 +204,7 @@ def init_support(
     """``ipc`` real images per class drawn at random, with one-hot labels, or, with
     ``center_labels``, ``one-hot − 1/K`` (the released code's start)."""
     picks = _pick_per_class(labels, num_classes, ipc, key)
-    onehot = np.eye(num_classes, dtype=np.float32)[labels[picks]]
+    onehot = one_hot(labels[picks], num_classes)
     if center_labels:
         onehot = onehot - np.float32(1.0 / num_classes)
     return SupportSet(
@@ -252,16 +250,11 @@ def meta_optimizer(config: DistillConfig) -> optax.GradientTransformation:
     )
 
 
-def flip_augment(images: Array, labels: Array) -> tuple[Array, Array]:
-    """The flip strategy: the images and their horizontal mirrors, labels repeated."""
-    return jnp.concatenate([images, images[:, :, ::-1]]), jnp.concatenate([labels, labels])
-
-
 def inner_support(support: SupportSet, config: DistillConfig) -> SupportSet:
     """The support set as the inner problem sees it (with mirrors under the flip strategy)."""
     if not config.flip:
         return support
-    return SupportSet(*flip_augment(support.images, support.labels), support.log_temperature)
+    return SupportSet(*with_mirrors(support.images, support.labels), support.log_temperature)
 
 
 def l2_strength(support: SupportSet, config: DistillConfig) -> Array:
@@ -623,7 +616,7 @@ def _probe_support(state: DistillState, config: DistillConfig) -> tuple[Array | 
 
 
 def _norm(tree) -> Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(v)) for v in jax.tree_util.tree_leaves(tree)))
+    return optax.tree_utils.tree_norm(tree)
 
 
 def _take(support: SupportSet, index: Array) -> SupportSet:

@@ -22,7 +22,8 @@ import optax
 from jaxtyping import Array
 
 from bilevel import optax_step
-from distillation.augment import dsa_augment, released_augment
+from distillation._checks import check_int, one_hot
+from distillation.augment import dsa_augment, released_augment, with_mirrors
 from distillation.models import ConvNet, Norm, conv_net
 
 
@@ -55,9 +56,7 @@ class EvalConfig:
 
     def __post_init__(self):
         for name in ("models", "width", "batch_size", "test_batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"EvalConfig: `{name}` must be a positive integer, got {value!r}.")
+            check_int("EvalConfig", name, getattr(self, name))
         if self.augment_style not in ("released", "dsa"):
             raise ValueError(
                 "EvalConfig: `augment_style` must be 'released' or 'dsa', got "
@@ -222,7 +221,7 @@ def evaluate_support(
     if images.ndim != 4:
         raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}.")
     if labels.ndim == 1:
-        labels = np.eye(int(y_test.max()) + 1, dtype=np.float32)[labels]
+        labels = one_hot(labels, int(max(labels.max(), np.max(y_test))) + 1)
     if labels.shape[0] != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels.")
     if images.shape[1:] != tuple(x_test.shape[1:]):
@@ -235,7 +234,7 @@ def evaluate_support(
     n_support = images.shape[0]
     x, y = jnp.asarray(images), jnp.asarray(labels, jnp.float32)
     if flip:
-        x, y = jnp.concatenate([x, x[:, :, ::-1]]), jnp.concatenate([y, y])
+        x, y = with_mirrors(x, y)
     accs = []
     for i in range(config.models):
         model = train_model(x, y, config, key=jax.random.fold_in(key, i), n_support=n_support)

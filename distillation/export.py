@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from distillation._checks import one_hot
 from distillation.data import Preprocessor, read_npz
 
 REQUIRED_KEYS = ("images", "labels", "mean", "std")
@@ -156,8 +157,7 @@ def _labels(labels: np.ndarray, n: int, where: str) -> np.ndarray:
             )
         if labels.size and labels.min() < 0:
             raise ValueError(f"{where}: class indices must be >= 0, got {int(labels.min())}.")
-        num_classes = int(labels.max()) + 1 if labels.size else 0
-        labels = np.eye(num_classes, dtype=np.float32)[labels.astype(np.int64)]
+        labels = one_hot(labels, int(labels.max()) + 1 if labels.size else 0)
     if labels.ndim != 2:
         raise ValueError(
             f"{where}: expected (N, K) soft labels or (N,) class indices, got shape {labels.shape}."

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from distillation._checks import check_int
 from distillation.models import ConvBody, ConvNet
 
 
@@ -42,10 +43,7 @@ class Partitioned(eqx.Module):
     chunk: int = eqx.field(static=True)
 
     def __check_init__(self):
-        if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 1:
-            raise ValueError(
-                f"Partitioned: `chunk` must be a positive integer, got {self.chunk!r}."
-            )
+        check_int("Partitioned", "chunk", self.chunk)
 
     def __len__(self) -> int:
         return self.stored.shape[0] + self.remat.shape[0]

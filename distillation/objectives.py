@@ -25,6 +25,7 @@ from typing import Any, Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import optax
 from jaxtyping import Array, Float
 
 from distillation.models import Head
@@ -34,7 +35,7 @@ Precision = Literal["float32", "float64"]
 
 
 def _sq_norm(tree) -> Array:
-    return jnp.asarray(sum(jnp.sum(jnp.square(v)) for v in jax.tree_util.tree_leaves(tree)))
+    return optax.tree_utils.tree_norm(tree, squared=True)
 
 
 class InnerProblem(eqx.Module):

@@ -20,6 +20,7 @@ import optax
 from jaxtyping import Array, PRNGKeyArray
 
 from bilevel import optax_step
+from distillation._checks import check_int
 from distillation.models import ConvNet
 from distillation.networks import Partitioned, map_batch
 
@@ -58,9 +59,7 @@ class ModelPool(eqx.Module):
 
     def __check_init__(self):
         for name in ("size", "reset_every", "max_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ModelPool: `{name}` must be a positive integer, got {value!r}.")
+            check_int("ModelPool", name, getattr(self, name))
 
     def _fresh(self, key):
         model = self.make_model(key)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 import bilevel
+from distillation._checks import check_int
 from distillation.algorithms import Algorithm
 from distillation.objectives import InnerProblem
 
@@ -155,10 +156,7 @@ class LearningRateTuner(eqx.Module):
     decrease: float = eqx.field(default=0.9, static=True)
 
     def __check_init__(self):
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 0:
-            raise ValueError(
-                f"LearningRateTuner: `every` must be an integer >= 0, got {self.every!r}."
-            )
+        check_int("LearningRateTuner", "every", self.every, minimum=0)
         if not self.increase >= 1.0:
             raise ValueError(f"LearningRateTuner: `increase` must be >= 1, got {self.increase!r}.")
         if not 0.0 < self.decrease < 1.0:
