@@ -1,6 +1,6 @@
 """The ``rcig`` command's launcher: signal handling from the first line, then the command.
 
-``rcig`` (and ``python -m rcig_cli``) start here rather than in :mod:`distillation.cli`, because
+``rcig`` (and ``python -m rcig_cli``) start here rather than in :mod:`distillation._cli`, because
 importing any module of ``distillation`` first imports the package, and with it JAX (about 2 s).
 A Ctrl-C in that window used to raise ``KeyboardInterrupt`` inside JAX's import, sometimes from
 inside a callback of its C++ extension, which then aborted the interpreter (exit status -6,
@@ -9,7 +9,7 @@ inside a callback of its C++ extension, which then aborted the interpreter (exit
 So this module imports nothing heavy. It first installs a SIGTERM / SIGINT handler that writes one
 line and ends the process with status 130 at once (nothing has been computed yet, so nothing can
 be lost, and :func:`os._exit` raises nothing through C++ frames); then it imports the command,
-whose :class:`distillation.interrupts.InterruptGuard` takes over for the rest of the run. What is
+whose :class:`distillation.InterruptGuard` takes over for the rest of the run. What is
 left is Python's own start-up before this module runs (tens of milliseconds), where a signal gets
 Python's default action.
 """
@@ -21,7 +21,7 @@ import signal
 import sys
 from types import FrameType
 
-EXIT_STATUS = 130  # equal to distillation.interrupts.EXIT_STATUS (checked by the tests)
+EXIT_STATUS = 130  # equal to distillation._interrupts.EXIT_STATUS (checked by the tests)
 _line = "while starting; nothing was saved"
 
 
@@ -34,11 +34,11 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``rcig`` command (``argv`` as in :func:`distillation.cli.main`)."""
+    """Run the ``rcig`` command (``argv`` as in :func:`distillation._cli.main`)."""
     global _line
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop)
-    from distillation.cli import main as command
+    from distillation._cli import main as command
 
     try:
         return command(argv)

@@ -26,10 +26,10 @@ import jax.numpy as jnp
 from iteration_time import DATA, ROOT
 from profile_step import conv_placement
 
-from distillation.algorithms import vig
-from distillation.data import load_dataset
-from distillation.distill import DistillConfig, Distiller, distill, init_support
-from distillation.models import ConvBody, _activation, _normalise
+from distillation._algorithms import vig
+from distillation._data import load_dataset
+from distillation._distill import DistillConfig, Distiller, distill, init_support
+from distillation._models import ConvBody, _activation, _normalise
 
 EXPLICIT_PAD = ConvBody.__call__
 

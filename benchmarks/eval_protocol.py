@@ -22,9 +22,9 @@ import jax
 import numpy as np
 from iteration_time import DATA, ROOT
 
-from distillation.data import load_dataset
-from distillation.distill import init_support
-from distillation.evaluate import EvalConfig, evaluate_support
+from distillation._data import load_dataset
+from distillation._distill import init_support
+from distillation._evaluate import EvalConfig, evaluate_support
 
 # name -> (EvalConfig changes, label transform, ZCA)
 VARIANTS = {

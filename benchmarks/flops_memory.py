@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from iteration_time import DATA, ROOT, _timed
 
-from distillation.algorithms import rcig
-from distillation.data import load_dataset
-from distillation.distill import DistillConfig, Distiller, init_support
+from distillation._algorithms import rcig
+from distillation._data import load_dataset
+from distillation._distill import DistillConfig, Distiller, init_support
 
 MiB = 2**20
 

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distillation.algorithms import ALGORITHMS
-from distillation.data import load_dataset
-from distillation.distill import DistillConfig, Distiller, init_support
+from distillation._algorithms import ALGORITHMS
+from distillation._data import load_dataset
+from distillation._distill import DistillConfig, Distiller, init_support
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = {

@@ -62,7 +62,7 @@ def _official_times(outdir: Path) -> tuple[float, dict[int, float]]:
 
 
 def _evaluate(images, labels, flip, dataset, models, width, seed) -> list[float]:
-    from distillation.evaluate import EvalConfig, evaluate_support
+    from distillation._evaluate import EvalConfig, evaluate_support
 
     config = EvalConfig(models=models, width=width)
     result = evaluate_support(
@@ -72,11 +72,11 @@ def _evaluate(images, labels, flip, dataset, models, width, seed) -> list[float]
 
 
 def accuracy(args) -> None:
-    from distillation.algorithms import rcig
-    from distillation.data import load_dataset
-    from distillation.distill import DistillConfig, distill
-    from distillation.export import load_distilled
-    from distillation.official import import_official
+    from distillation._algorithms import rcig
+    from distillation._data import load_dataset
+    from distillation._distill import DistillConfig, distill
+    from distillation._export import load_distilled
+    from distillation._official import import_official
 
     dataset = load_dataset(str(MNIST))
     out_path = RESULTS / "side_by_side.json"
@@ -213,9 +213,9 @@ def _report(results: dict, width: int, steps: int) -> None:
 
 
 def _ours_siter(width: int, iters: int) -> float:
-    from distillation.algorithms import rcig
-    from distillation.data import load_dataset
-    from distillation.distill import DistillConfig, distill
+    from distillation._algorithms import rcig
+    from distillation._data import load_dataset
+    from distillation._distill import DistillConfig, distill
 
     dataset = load_dataset(str(MNIST))
     config = DistillConfig(

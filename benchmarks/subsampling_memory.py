@@ -2,7 +2,7 @@
 subsampling.
 
 Under ``n_subset`` only the drawn images are differentiated; the rest of the support set is
-evaluated as the ``remat`` part of a :class:`distillation.networks.Partitioned` batch
+evaluated as the ``remat`` part of a :class:`distillation.Partitioned` batch
 (``n_subset`` images at a time under ``jax.checkpoint``), in the step, in the pool's training
 step, and in the learning-rate probe. Each row compiles the program for MNIST at ``ipc`` images
 per class and reads XLA's buffer assignment (``compiled.memory_analysis()``: arguments + outputs +
@@ -35,9 +35,9 @@ import numpy as np
 from flops_memory import _memory
 from iteration_time import DATA, ROOT, _timed
 
-from distillation.algorithms import rcig
-from distillation.data import load_dataset
-from distillation.distill import DistillConfig, Distiller, init_support
+from distillation._algorithms import rcig
+from distillation._data import load_dataset
+from distillation._distill import DistillConfig, Distiller, init_support
 
 
 def _programs(dataset, width, ipc, n_subset, unroll):

@@ -33,10 +33,10 @@ import jax
 import numpy as np
 from iteration_time import DATA, ROOT
 
-from distillation.algorithms import ALGORITHMS
-from distillation.data import load_dataset
-from distillation.distill import DistillConfig, distill
-from distillation.evaluate import EvalConfig, evaluate_support
+from distillation._algorithms import ALGORITHMS
+from distillation._data import load_dataset
+from distillation._distill import DistillConfig, distill
+from distillation._evaluate import EvalConfig, evaluate_support
 
 METHODS = ("vig", "cig", "rig", "rcig", "frepo")
 LABELS = {

@@ -27,7 +27,7 @@ Public names (``docs/architecture.md`` shows how they fit together):
   :func:`import_official` and :func:`read_flax_msgpack` (the authors' released checkpoints).
 """
 
-from distillation.algorithms import (
+from distillation._algorithms import (
     Algorithm,
     InnerRate,
     SupportSet,
@@ -44,10 +44,10 @@ from distillation.algorithms import (
     rig,
     vig,
 )
-from distillation.augment import dsa_augment, released_augment
-from distillation.checkpoint import RunFailed
-from distillation.data import ImageDataset, Preprocessor, load_dataset
-from distillation.distill import (
+from distillation._augment import dsa_augment, released_augment
+from distillation._checkpoint import RunFailed
+from distillation._data import ImageDataset, Preprocessor, load_dataset
+from distillation._distill import (
     DistillConfig,
     Distiller,
     DistillResult,
@@ -61,10 +61,10 @@ from distillation.distill import (
     meta_optimizer,
     shard_state,
 )
-from distillation.evaluate import EvalConfig, EvalResult, evaluate_support
-from distillation.export import DistilledSet, load_distilled, save_distilled
-from distillation.interrupts import InterruptGuard
-from distillation.loop import (
+from distillation._evaluate import EvalConfig, EvalResult, evaluate_support
+from distillation._export import DistilledSet, load_distilled, save_distilled
+from distillation._interrupts import InterruptGuard
+from distillation._loop import (
     Callback,
     Checkpointer,
     History,
@@ -74,8 +74,8 @@ from distillation.loop import (
     Snapshots,
     run,
 )
-from distillation.models import ConvNet, conv_net
-from distillation.networks import (
+from distillation._models import ConvNet, conv_net
+from distillation._networks import (
     LinearizedNetwork,
     Partitioned,
     StandardNetwork,
@@ -83,7 +83,7 @@ from distillation.networks import (
     map_batch,
     remat_map,
 )
-from distillation.objectives import (
+from distillation._objectives import (
     ClosedFormHead,
     InnerProblem,
     JointHead,
@@ -94,9 +94,9 @@ from distillation.objectives import (
     platt_cross_entropy,
     ridge_dual,
 )
-from distillation.official import import_official, read_flax_msgpack
-from distillation.pool import ModelPool
-from distillation.tuning import (
+from distillation._official import import_official, read_flax_msgpack
+from distillation._pool import ModelPool
+from distillation._tuning import (
     LearningRateTuner,
     classify_trace,
     released_preround,

@@ -6,11 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from distillation.algorithms import rcig
-from distillation.cli import main
-from distillation.data import Preprocessor, load_dataset
-from distillation.distill import DistillConfig, Interrupted, distill
-from distillation.export import load_distilled, save_distilled
+from distillation._algorithms import rcig
+from distillation._cli import main
+from distillation._data import Preprocessor, load_dataset
+from distillation._distill import DistillConfig, Interrupted, distill
+from distillation._export import load_distilled, save_distilled
 
 TINY = [  # the plumbing, not the numbers: short inner and Hessian solves compile fast
     "--n-inner",

@@ -9,7 +9,7 @@ from problems import rel_err, tree_ravel
 from sklearn.datasets import load_digits
 
 import bilevel
-from distillation.algorithms import (
+from distillation._algorithms import (
     SupportSet,
     cig,
     frepo,
@@ -19,11 +19,11 @@ from distillation.algorithms import (
     rig,
     vig,
 )
-from distillation.distill import DistillConfig, Distiller, init_support
-from distillation.models import conv_net
-from distillation.networks import LinearizedNetwork, StandardNetwork
-from distillation.objectives import ClosedFormHead, InnerProblem, closed_form_head
-from distillation.tuning import LearningRateTuner
+from distillation._distill import DistillConfig, Distiller, init_support
+from distillation._models import conv_net
+from distillation._networks import LinearizedNetwork, StandardNetwork
+from distillation._objectives import ClosedFormHead, InnerProblem, closed_form_head
+from distillation._tuning import LearningRateTuner
 
 
 def _tiny(dtype=jnp.float64, n_support=4, n_target=6, width=3, seed=0):

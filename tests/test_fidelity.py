@@ -11,15 +11,15 @@ import pytest
 from problems import rel_err, tree_ravel
 
 import bilevel
-from distillation.algorithms import (
+from distillation._algorithms import (
     SupportSet,
     clip_to_direct,
     meta_loss,
     rcig,
 )
-from distillation.augment import _released_transforms, released_augment
-from distillation.cli import table7_steps
-from distillation.distill import (
+from distillation._augment import _released_transforms, released_augment
+from distillation._cli import table7_steps
+from distillation._distill import (
     DistillConfig,
     Distiller,
     distill_activation,
@@ -28,10 +28,10 @@ from distillation.distill import (
     init_support,
     l2_strength,
 )
-from distillation.models import conv_net
-from distillation.objectives import InnerProblem, label_margin
-from distillation.pool import ModelPool
-from distillation.tuning import classify_trace, released_preround, released_schedule
+from distillation._models import conv_net
+from distillation._objectives import InnerProblem, label_margin
+from distillation._pool import ModelPool
+from distillation._tuning import classify_trace, released_preround, released_schedule
 
 
 def _tiny(dtype=jnp.float64, n_support=4, n_target=6, width=3, seed=0):
@@ -324,7 +324,7 @@ def test_activation_and_default_iterations_follow_the_released_configs():
 
 
 def test_released_evaluation_tail_runs_rounds_of_500_steps_at_the_floor_rate():
-    from distillation.evaluate import EvalConfig, _schedule
+    from distillation._evaluate import EvalConfig, _schedule
 
     plain, tail = EvalConfig(), EvalConfig(released_tail=True)
     assert (plain.total_steps(10), plain.total_steps(20)) == (1000, 2000)
@@ -337,7 +337,7 @@ def test_released_evaluation_tail_runs_rounds_of_500_steps_at_the_floor_rate():
 def test_inner_adam_continues_the_pool_models_step_count():
     """The released inner solve reuses the pool model's Adam state: zero moments, but a counter
     at the model's age, which Adam's bias correction reads. A hand-written Adam from t = age."""
-    from distillation.algorithms import vig
+    from distillation._algorithms import vig
 
     target = jnp.asarray([1.0, -2.0, 0.5])
     loss = lambda p: jnp.sum((p - target) ** 2 * jnp.asarray([1.0, 3.0, 0.2]))  # noqa: E731
@@ -360,7 +360,7 @@ def test_command_line_defaults_follow_the_released_configs():
     1000 images, and off with subsets of 2000 above (the CIFAR-100 50-ipc config)."""
     from types import SimpleNamespace
 
-    from distillation.cli import _resolve, build_parser
+    from distillation._cli import _resolve, build_parser
 
     rgb = SimpleNamespace(image_shape=(32, 32, 3), num_classes=100, grayscale=False)
     gray = SimpleNamespace(image_shape=(28, 28, 1), num_classes=10, grayscale=True)

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distillation.algorithms import SupportSet
-from distillation.checkpoint import RunFailed, load_checkpoint, read_checkpoint_meta
-from distillation.interrupts import InterruptGuard
-from distillation.loop import (
+from distillation._algorithms import SupportSet
+from distillation._checkpoint import RunFailed, load_checkpoint, read_checkpoint_meta
+from distillation._interrupts import InterruptGuard
+from distillation._loop import (
     Callback,
     Checkpointer,
     History,

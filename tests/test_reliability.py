@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 
 import bilevel
-from distillation.checkpoint import (
+from distillation._checkpoint import (
     CHECKPOINT_NAME,
     RunFailed,
     load_checkpoint,
@@ -38,11 +38,11 @@ from distillation.checkpoint import (
     save_checkpoint,
     settings_mismatch,
 )
-from distillation.cli import main
-from distillation.data import load_raw
-from distillation.export import load_distilled
-from distillation.interrupts import InterruptGuard
-from distillation.run_folder import LOCK_NAME, RunLock
+from distillation._cli import main
+from distillation._data import load_raw
+from distillation._export import load_distilled
+from distillation._interrupts import InterruptGuard
+from distillation._run_folder import LOCK_NAME, RunLock
 
 # --------------------------------------------------------------------------- helpers
 
@@ -253,7 +253,7 @@ def test_non_finite_solver_options_are_refused(unchecked_types, make, name, valu
 def test_a_failed_solve_is_reported_in_one_line():
     """bilevel's status mechanism (throw=True) raises inside jit; the run loop turns it into
     one line naming the solver and what went wrong."""
-    from distillation.distill import _failure
+    from distillation._distill import _failure
 
     matrix = jnp.asarray([[1.0, 0.0], [0.0, -1.0]])  # indefinite: CG breaks down
     solve = jax.jit(lambda b: bilevel.CG(rtol=1e-8, max_steps=3)(lambda v: matrix @ v, b))
@@ -322,7 +322,7 @@ def _can_create(folder: Path) -> bool:
 def test_read_only_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     folder = _unwritable_folder(tmp_path)
     loaded = []
-    monkeypatch.setattr("distillation.data.load_dataset", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr("distillation.load_dataset", lambda *a, **k: loaded.append(a))
     err = _cli_error(["distill", *TINY, "--out", str(folder)], capsys)
     assert f"--out {folder}: cannot write into the folder" in err
     assert not loaded  # refused before the data was loaded
@@ -352,8 +352,8 @@ def test_another_runs_checkpoint_is_never_overwritten_silently(tmp_path, capsys)
 
 
 def test_resume_names_each_setting_that_differs(tmp_path, capsys):
-    from distillation.cli import _resolve, build_parser
-    from distillation.data import load_dataset
+    from distillation._cli import _resolve, build_parser
+    from distillation._data import load_dataset
 
     args = build_parser().parse_args(["distill", *TINY, "--steps", "5"])
     now = _resolve(args, load_dataset("digits"), "rcig", 0).record()
@@ -600,7 +600,7 @@ def test_a_signal_while_python_imports_jax_exits_130_with_one_line(tmp_path):
     ``KeyboardInterrupt`` inside JAX's import: seen here as an abort (-6, from C++), a segfault
     (-11), an ``ImportError`` (1), or a swallowed interrupt and a run that went on to exit 0."""
     import rcig_cli
-    from distillation.interrupts import EXIT_STATUS
+    from distillation._interrupts import EXIT_STATUS
 
     assert rcig_cli.EXIT_STATUS == EXIT_STATUS
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -662,9 +662,9 @@ def test_two_runs_on_one_folder_and_a_prompt_sigterm_while_compiling(tmp_path, c
 def test_a_diverging_run_stops_with_one_line_and_saves_nothing_wrong(tmp_path):
     """A learning rate of 1e30 overflows at the first step: the loop stops with one line naming
     what is not finite, and no checkpoint holds the diverged state."""
-    from distillation.algorithms import rcig
-    from distillation.data import load_dataset
-    from distillation.distill import DistillConfig, distill
+    from distillation._algorithms import rcig
+    from distillation._data import load_dataset
+    from distillation._distill import DistillConfig, distill
 
     ds = load_dataset("digits")
     config = DistillConfig(

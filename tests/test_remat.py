@@ -14,10 +14,10 @@ from problems import rel_err, tree_ravel
 
 import bilevel
 from distillation import DistillConfig, Distiller, init_support, rcig, rig
-from distillation.algorithms import SupportSet, meta_loss
-from distillation.models import conv_net
-from distillation.networks import LinearizedNetwork, Partitioned, map_batch, remat_map
-from distillation.pool import ModelPool
+from distillation._algorithms import SupportSet, meta_loss
+from distillation._models import conv_net
+from distillation._networks import LinearizedNetwork, Partitioned, map_batch, remat_map
+from distillation._pool import ModelPool
 
 
 def _images(n, key=0, dtype=jnp.float64):

@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np
-    from distillation.algorithms import SupportSet, meta_loss, rcig
-    from distillation.data import load_dataset
-    from distillation.models import conv_net
-    from distillation.distill import (DistillConfig, Distiller, data_parallel_mesh, init_support,
+    from distillation._algorithms import SupportSet, meta_loss, rcig
+    from distillation._data import load_dataset
+    from distillation._models import conv_net
+    from distillation._distill import (DistillConfig, Distiller, data_parallel_mesh, init_support,
                                       shard_state)
     from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -111,8 +111,8 @@ def test_sharded_step_matches_single_device():
 def test_mesh_rejects_indivisible_sizes(unchecked_types):
     import types
 
-    from distillation.algorithms import rcig
-    from distillation.distill import DistillConfig, Distiller
+    from distillation._algorithms import rcig
+    from distillation._distill import DistillConfig, Distiller
 
     config = DistillConfig(target_batch=10, width=4, pool_size=3)
     three_devices = types.SimpleNamespace(size=3)  # only the size is read before the check

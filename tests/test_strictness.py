@@ -5,7 +5,7 @@ import jaxtyping
 import numpy as np
 import pytest
 
-from distillation.objectives import closed_form_head
+from distillation._objectives import closed_form_head
 
 
 def test_rank_promotion_raises():

@@ -5,10 +5,10 @@
 * :func:`meta_optimizer` — AdaBelief, lr 0.003 on images and labels, 0.03 on ``log τ``.
 * :class:`Distiller` — ``init(support, *, key) -> state``, ``next_batch``, ``step(state, batch)
   -> (state, metrics)``: sample a pool model, take the meta-gradient
-  (:func:`distillation.algorithms.meta_loss`), update the support set and its moving average,
+  (:func:`distillation.meta_loss`), update the support set and its moving average,
   train the pool model, tune the learning rates.
 * :func:`distill` — a whole run from arrays: the support set, the distiller, the learning-rate
-  pre-round, and the host loop :func:`distillation.loop.run` with its callbacks (progress bar,
+  pre-round, and the host loop :func:`distillation.run` with its callbacks (progress bar,
   history, checkpoints, snapshots, signal stop), resumable.
 """
 
@@ -29,18 +29,18 @@ import optax
 from jaxtyping import Array
 
 from bilevel import optax_step
-from distillation._checks import check_int, one_hot
-from distillation.algorithms import Algorithm, SupportSet, clip_to_direct, meta_loss
-from distillation.augment import with_mirrors
-from distillation.checkpoint import (
+from distillation._algorithms import Algorithm, SupportSet, clip_to_direct, meta_loss
+from distillation._augment import with_mirrors
+from distillation._checkpoint import (
     RunFailed,
     has_checkpoint,
     load_checkpoint,
     read_checkpoint_meta,
     settings_mismatch,
 )
-from distillation.interrupts import InterruptGuard
-from distillation.loop import (
+from distillation._checks import check_int, one_hot
+from distillation._interrupts import InterruptGuard
+from distillation._loop import (
     Callback,
     Checkpointer,
     History,
@@ -50,11 +50,11 @@ from distillation.loop import (
     Snapshots,
     run,
 )
-from distillation.models import Activation, Norm, conv_net, default_depth
-from distillation.networks import Partitioned
-from distillation.objectives import InnerProblem
-from distillation.pool import ModelPool, PoolState
-from distillation.tuning import (
+from distillation._models import Activation, Norm, conv_net, default_depth
+from distillation._networks import Partitioned
+from distillation._objectives import InnerProblem
+from distillation._pool import ModelPool, PoolState
+from distillation._tuning import (
     LearningRateTuner,
     classify_trace,
     released_preround,
@@ -175,7 +175,7 @@ class DistillState(eqx.Module):
     ``data_position`` counts the target images drawn so far (the epoch is
     ``data_position // N``); ``lr_stats`` counts the inner solves that failed, that were
     monotone, and all, since the last learning-rate change (``lr_tuning="released"``).
-    ``algorithm`` is the run's :class:`~distillation.algorithms.Algorithm` with its current
+    ``algorithm`` is the run's :class:`~distillation.Algorithm` with its current
     (tuned) learning rates: they are leaves of its solvers, changed by replacing them.
     """
 
@@ -330,7 +330,7 @@ def distill_activation(image_shape, depth: int | None) -> Activation:
 class Distiller:
     """Algorithm 1 as explicit state and pure functions: ``init(support, *, key) -> state``,
     ``next_batch(state, x, y) -> batch``, ``step(state, batch) -> (state, metrics)`` (jit each
-    once; :func:`distillation.loop.run` is the host loop).
+    once; :func:`distillation.run` is the host loop).
 
     Build one with :meth:`build`. The learning rates live in ``state.algorithm`` (leaves of its
     solvers), so tuning them never recompiles the step. A plain (frozen) object rather than a
@@ -416,7 +416,7 @@ class Distiller:
         self, state: DistillState, batch: tuple[Array, Array]
     ) -> tuple[DistillState, dict[str, Array]]:
         """One meta-iteration of Algorithm 1: sample a pool model, take the meta-gradient on
-        ``batch`` (:func:`~distillation.algorithms.meta_loss`), update the support set and its
+        ``batch`` (:func:`~distillation.meta_loss`), update the support set and its
         moving average, train the pool model, and apply the learning-rate schedule."""
         config, pool = self.config, self.pool
         algorithm = state.algorithm
@@ -509,7 +509,7 @@ class Distiller:
 
     def probe(self, state: DistillState, x_train: Array, y_train: Array) -> DistillState:
         """The paper text's learning-rate probe (``lr_tuning="probe"``;
-        :class:`~distillation.tuning.LearningRateTuner`), run before every
+        :class:`~distillation.LearningRateTuner`), run before every
         ``config.tune_every``-th step as its own compiled function.
 
         It is not a ``lax.cond`` inside the step because XLA on CPU runs convolution gradients
@@ -535,7 +535,7 @@ class Distiller:
         self, state: DistillState, algorithm: Algorithm, x_train: Array, y_train: Array, call: Array
     ) -> tuple[Array, Array]:
         """One probe of the released code's learning-rate pre-round:
-        ``(inner class, Hessian-inverse class)`` (:func:`~distillation.tuning.classify_trace`)
+        ``(inner class, Hessian-inverse class)`` (:func:`~distillation.classify_trace`)
         of the solves of one meta-step with ``algorithm``'s rates, on a fresh model (the same
         for every call, as ``run_rcig(lr_tune=True)`` builds its one-model pool from the run's
         key) and a target batch that changes with ``call``."""
@@ -628,7 +628,7 @@ def _subsample(support: SupportSet, n_subset: int | None, key: Array):
 
     All images take part in the inner problem, the prediction and the pool's training step; only
     the ``n_subset`` drawn this iteration are differentiated (each image's gradient is exact when
-    it is drawn), and the rest are evaluated as a :class:`~distillation.networks.Partitioned`
+    it is drawn), and the rest are evaluated as a :class:`~distillation.Partitioned`
     batch, ``n_subset`` images at a time with rematerialisation, so peak memory scales with
     ``n_subset`` rather than ``|S|``.
     """
@@ -740,20 +740,20 @@ def distill(
     interrupts: InterruptGuard | None = None,
 ) -> DistillResult:
     """Run Algorithm 1 for ``config.steps`` meta-iterations: the support set drawn from the
-    data, a :class:`Distiller`, the learning-rate pre-round, and :func:`distillation.loop.run`
+    data, a :class:`Distiller`, the learning-rate pre-round, and :func:`distillation.run`
     with a progress bar, the history, checkpoints, snapshots and the signal stop as callbacks.
 
     Args:
         x_train: real training images ``(N, H, W, C)`` in model-input space (float32).
         y_train: integer labels ``(N,)``.
         num_classes: ``K``.
-        algorithm: from :func:`~distillation.algorithms.rcig` and friends.
+        algorithm: from :func:`~distillation.rcig` and friends.
         ipc: images per class of the support set.
         config: settings.
         key: PRNG key of the run (support initialisation, pool, batches).
         checkpoint_dir: where checkpoints go (every ``config.checkpoint_every`` steps, at the
             end, and on an interrupt); ``None`` for none. Each checkpoint commits the state
-            and the logged history together, atomically (:mod:`distillation.checkpoint`).
+            and the logged history together, atomically (:mod:`distillation._checkpoint`).
         resume: continue from the checkpoint in ``checkpoint_dir``. A resumed run ends in exactly
             the state of an uninterrupted one (the whole state, PRNG key included, is saved).
         fingerprint: a string identifying the settings; a checkpoint made with other settings
@@ -764,7 +764,7 @@ def distill(
         on_log: called every ``config.log_every`` steps with ``(step, metrics)``.
         snapshot_steps: iteration counts after which to keep a copy of the result, with the
             wall-clock time so far (for accuracy-against-time curves); ``0`` is the start.
-        interrupts: the program's :class:`~distillation.interrupts.InterruptGuard` (the one
+        interrupts: the program's :class:`~distillation.InterruptGuard` (the one
             signal handling of a program; the command line installs it): a signal stops the run
             after the step in flight, with a checkpoint. ``None`` (library use): no signal
             handler is installed; Ctrl-C (``KeyboardInterrupt``) still writes a checkpoint.

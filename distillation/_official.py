@@ -14,7 +14,7 @@ type 3 ``(dtype name, bytes)`` and a complex number as type 2 ``(real, imag)``.
 Model-input space: their preprocessing is per-channel standardisation (fixed statistics, which
 equal the training split's to the printed digits) for MNIST and Fashion-MNIST, and that followed
 by ZCA whitening with strength 0.1 fitted on the training split for the RGB datasets; the import
-attaches this project's preprocessing of the same dataset (:func:`distillation.data.load_dataset`,
+attaches this project's preprocessing of the same dataset (:func:`distillation.load_dataset`,
 which makes the same choices), so that ``rcig evaluate`` maps the test split to the same space.
 Flip: their CIFAR config (``depth_3.txt``) trains on each image and its mirror, their MNIST config
 (``depth_3_no_flip.txt``) does not; by default RGB sets get ``flip=True``, grayscale ones ``False``.
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from distillation.data import Preprocessor
+from distillation._data import Preprocessor
 
 _NDARRAY, _COMPLEX, _SCALAR = 1, 2, 3  # flax.serialization's msgpack extension codes
 
@@ -137,7 +137,7 @@ def import_official(
         flip: train on mirrors too when evaluating; ``None``: yes for RGB, no for grayscale.
         dataset: recorded in the file's config.
     """
-    from distillation.export import save_distilled
+    from distillation._export import save_distilled
 
     checkpoint = Path(checkpoint)
     state = read_flax_msgpack(checkpoint)

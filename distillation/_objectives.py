@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float
 
-from distillation.models import Head
-from distillation.networks import AbstractNetwork, zeros_like_tree
+from distillation._models import Head
+from distillation._networks import AbstractNetwork, zeros_like_tree
 
 Precision = Literal["float32", "float64"]
 
@@ -43,10 +43,10 @@ class InnerProblem(eqx.Module):
 
     Attributes:
         network: the inner model's parameterisation around the pool model ``θ₀``
-            (:class:`~distillation.networks.LinearizedNetwork` or
-            :class:`~distillation.networks.StandardNetwork`).
+            (:class:`~distillation.LinearizedNetwork` or
+            :class:`~distillation.StandardNetwork`).
         images: the support images ``(N, H, W, C)``, or a
-            :class:`~distillation.networks.Partitioned` batch (differentiated part + the rest).
+            :class:`~distillation.Partitioned` batch (differentiated part + the rest).
         labels: their labels ``(N, K)``.
         l2: ``λ``.
     """
@@ -227,7 +227,7 @@ def closed_form_head(
         l2: ``λ``.
 
     Returns:
-        A :class:`~distillation.models.Head` holding ``Δ_F*`` (weight ``(d, k)``, bias ``(k,)``).
+        A :class:`~distillation._models.Head` holding ``Δ_F*`` (weight ``(d, k)``, bias ``(k,)``).
     """
     alpha = ridge_dual(features, residual, l2, bias=True)
     return Head(features.T @ alpha, jnp.sum(alpha, axis=0))

@@ -16,7 +16,7 @@ Two procedures:
   first, or not finite). The traces come from a *probe*: the inner solve (``OptaxMinimizer``'s
   ``loss_trace``) and the Hessian-inverse solve (``AdamQuadratic``'s objective trace,
   ``½vᵀHv − gᵀv``) rerun on the current meta-step's problem. The probe runs every ``every``
-  iterations as its own compiled function (:func:`distillation.distill.make_tune_step`),
+  iterations as its own compiled function (:func:`distillation._distill.make_tune_step`),
   compiled once, so tuning never recompiles the step.
 """
 
@@ -30,9 +30,9 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 import bilevel
+from distillation._algorithms import Algorithm
 from distillation._checks import check_int
-from distillation.algorithms import Algorithm
-from distillation.objectives import InnerProblem
+from distillation._objectives import InnerProblem
 
 
 def classify_trace(trace: Array) -> Array:

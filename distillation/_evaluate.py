@@ -22,9 +22,9 @@ import optax
 from jaxtyping import Array
 
 from bilevel import optax_step
+from distillation._augment import dsa_augment, released_augment, with_mirrors
 from distillation._checks import check_int, one_hot
-from distillation.augment import dsa_augment, released_augment, with_mirrors
-from distillation.models import ConvNet, Norm, conv_net
+from distillation._models import ConvNet, Norm, conv_net
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +32,8 @@ class EvalConfig:
     """Settings of the evaluation protocol (defaults are the paper's).
 
     ``augment_style``: ``"released"``, one random transform per image as the released
-    evaluation does (:func:`~distillation.augment.released_augment`), or ``"dsa"``, all DSA
-    transforms composed (:func:`~distillation.augment.dsa_augment`).
+    evaluation does (:func:`~distillation.released_augment`), or ``"dsa"``, all DSA
+    transforms composed (:func:`~distillation.dsa_augment`).
 
     ``released_tail``: train for ``(steps // 200) · 500`` steps with the schedule of ``steps``
     (2500 for 1000, 5000 for 2000), as the released ``eval.py`` does (it runs ``steps // 200``

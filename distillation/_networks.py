@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from distillation._checks import check_int
-from distillation.models import ConvBody, ConvNet
+from distillation._models import ConvBody, ConvNet
 
 
 class Partitioned(eqx.Module):
@@ -104,7 +104,7 @@ class AbstractNetwork(eqx.Module):
     ) -> tuple[Float[Array, "n k"], Float[Array, "n d"]]:
         """``(f(Δ, x) − f(0, x), φ₀(x))``: the output's change under the full displacement
         ``Δ`` and the features of the pool model ``θ₀`` (the released code's split, used by
-        :class:`~distillation.objectives.KRRHead`)."""
+        :class:`~distillation.KRRHead`)."""
 
 
 class StandardNetwork(AbstractNetwork):

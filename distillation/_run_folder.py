@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from distillation.checkpoint import (
+from distillation._checkpoint import (
     CHECKPOINT_NAME,
     LEGACY_NAMES,
     has_checkpoint,

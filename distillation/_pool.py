@@ -21,8 +21,8 @@ from jaxtyping import Array, PRNGKeyArray
 
 from bilevel import optax_step
 from distillation._checks import check_int
-from distillation.models import ConvNet
-from distillation.networks import Partitioned, map_batch
+from distillation._models import ConvNet
+from distillation._networks import Partitioned, map_batch
 
 ModelFactory = Callable[[PRNGKeyArray], ConvNet]
 
@@ -84,7 +84,7 @@ class ModelPool(eqx.Module):
         """Train model ``index`` for a drawn number of MSE steps on ``(images, labels)``; renew
         it once it has taken ``K`` steps in all.
 
-        ``images`` may be a :class:`~distillation.networks.Partitioned` batch (``labels`` in the
+        ``images`` may be a :class:`~distillation.Partitioned` batch (``labels`` in the
         same order: stored part first).
 
         Returns:

@@ -2,7 +2,7 @@
 
 ``checkpoint.npz`` in the run folder holds two members, both bytes (no pickle):
 
-* ``state``: the :class:`~distillation.distill.DistillState`, serialised by
+* ``state``: the :class:`~distillation.DistillState`, serialised by
   :func:`equinox.tree_serialise_leaves`;
 * ``meta``: a JSON object: ``step``, ``history`` (the logged rows), ``seconds`` (wall-clock time
   of the run so far, summed over resumed segments), ``segments``, ``fingerprint`` and

@@ -33,14 +33,14 @@ from jaxtyping import Array
 
 import bilevel
 from distillation._checks import check_int
-from distillation.models import ConvNet
-from distillation.networks import (
+from distillation._models import ConvNet
+from distillation._networks import (
     AbstractNetwork,
     LinearizedNetwork,
     Partitioned,
     StandardNetwork,
 )
-from distillation.objectives import (
+from distillation._objectives import (
     AbstractHead,
     ClosedFormHead,
     InnerProblem,
@@ -102,7 +102,7 @@ class Algorithm(eqx.Module):
         outer_loss: ``(outputs, labels, log_temperature) -> scalar``.
         clip_implicit: clip the implicit part of the meta-gradient, leaf by leaf, to the norm
             of the direct part (:func:`clip_to_direct`; the released code does, for RIG/RCIG).
-        label_margin: subtract :func:`~distillation.objectives.label_margin` of the support
+        label_margin: subtract :func:`~distillation.label_margin` of the support
             labels from the outer loss (the released code does, for RIG/RCIG).
         learns: ``False`` for the random-subset baseline (the support set is not optimised).
     """
@@ -330,7 +330,7 @@ def meta_loss(
         l2: ``λ``.
         constant: extra support images/labels that take part in the inner problem but get no
             gradient (the rest of the set under bias-free subsampling), or ``None``. They are
-            evaluated as the ``remat`` part of a :class:`~distillation.networks.Partitioned`
+            evaluated as the ``remat`` part of a :class:`~distillation.Partitioned`
             batch, so their activations are never all stored at once.
         inner: the same values as ``support``, given separately to separate the two parts of
             the meta-gradient: ``jax.grad`` with respect to ``support`` is then the direct part

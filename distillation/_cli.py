@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distillation.interrupts import EXIT_STATUS as EXIT_INTERRUPTED
-from distillation.interrupts import InterruptGuard
+from distillation._interrupts import EXIT_STATUS as EXIT_INTERRUPTED
+from distillation._interrupts import InterruptGuard
 
 METHODS = ("random", "vig", "cig", "rig", "rcig", "rcig-paper", "frepo")
 LINEAR_SOLVERS = ("adam", "cg", "neumann", "dense")
@@ -322,10 +322,10 @@ class RunSettings:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def algorithm(self):
-        """The method's :class:`~distillation.algorithms.Algorithm`: every factory takes the
+        """The method's :class:`~distillation.Algorithm`: every factory takes the
         same keywords, and only what the user set is passed (the factories hold the defaults)."""
         import bilevel
-        from distillation.algorithms import ALGORITHMS
+        from distillation._algorithms import ALGORITHMS
 
         solver = {
             "adam": None,
@@ -343,7 +343,7 @@ class RunSettings:
         return ALGORITHMS[self.method](**settings)
 
     def distill_config(self, checkpoint_every: int):
-        from distillation.distill import DistillConfig
+        from distillation._distill import DistillConfig
 
         learns = self.method != "random"
         return DistillConfig(
@@ -396,7 +396,7 @@ def _resolve(args, dataset, method: str, seed: int) -> RunSettings:
 
 
 def _eval_config(args, s: RunSettings, models: int):
-    from distillation.evaluate import EvalConfig
+    from distillation._evaluate import EvalConfig
 
     return EvalConfig(
         models=models,
@@ -419,14 +419,14 @@ def run_one(
 ):
     """Distil, export, evaluate; returns the metrics dict.
 
-    ``out`` must be open (:func:`~distillation.run_folder.open_run_folder`: checked, locked).
+    ``out`` must be open (:func:`~distillation._run_folder.open_run_folder`: checked, locked).
     """
     import contextlib
 
     import jax
 
-    from distillation.checkpoint import read_checkpoint_meta
-    from distillation.distill import check_resumable
+    from distillation._checkpoint import read_checkpoint_meta
+    from distillation._distill import check_resumable
 
     s = _resolve(args, dataset, method, seed)
     meta = read_checkpoint_meta(out) if resume else None
@@ -441,9 +441,9 @@ def _distill_export_evaluate(args, dataset, s: RunSettings, out, resume, eval_mo
     import jax
 
     import bilevel
-    from distillation.distill import distill
-    from distillation.evaluate import evaluate_support
-    from distillation.export import save_curves, save_distilled, save_image_grid, save_metrics
+    from distillation._distill import distill
+    from distillation._evaluate import evaluate_support
+    from distillation._export import save_curves, save_distilled, save_image_grid, save_metrics
 
     key = jax.random.key(s.seed)
     result = distill(
@@ -540,9 +540,9 @@ def _default_out(args) -> Path:
 
 
 def cmd_distill(args, interrupts: InterruptGuard) -> int:
-    from distillation.checkpoint import read_checkpoint_meta
-    from distillation.data import load_dataset
-    from distillation.run_folder import open_run_folder
+    from distillation._checkpoint import read_checkpoint_meta
+    from distillation._data import load_dataset
+    from distillation._run_folder import open_run_folder
 
     out = args.out or _default_out(args)
     # Before any data is loaded or anything compiled: writable, not in use, not another run's.
@@ -567,9 +567,9 @@ def cmd_distill(args, interrupts: InterruptGuard) -> int:
 def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
     import jax
 
-    from distillation.data import load_raw
-    from distillation.evaluate import EvalConfig, evaluate_support
-    from distillation.export import load_distilled
+    from distillation._data import load_raw
+    from distillation._evaluate import EvalConfig, evaluate_support
+    from distillation._export import load_distilled
 
     interrupts.set_phase("loading the data")
     distilled = load_distilled(args.file)
@@ -614,8 +614,8 @@ def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
 
 
 def cmd_import_official(args, interrupts: InterruptGuard) -> int:
-    from distillation.data import load_dataset
-    from distillation.official import import_official, official_support, read_flax_msgpack
+    from distillation._data import load_dataset
+    from distillation._official import import_official, official_support, read_flax_msgpack
 
     if not args.checkpoint.is_file():
         raise ValueError(f"{args.checkpoint}: no such file (an official RCIG checkpoint).")
@@ -645,8 +645,8 @@ def cmd_import_official(args, interrupts: InterruptGuard) -> int:
 def cmd_ablate(args, interrupts: InterruptGuard) -> int:
     import numpy as np
 
-    from distillation.data import load_dataset
-    from distillation.run_folder import check_writable, open_run_folder
+    from distillation._data import load_dataset
+    from distillation._run_folder import check_writable, open_run_folder
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -733,8 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in commands:
         parser.print_help()
         return 2
-    from distillation.checkpoint import RunFailed
-    from distillation.loop import Interrupted
+    from distillation._checkpoint import RunFailed
+    from distillation._loop import Interrupted
 
     # One SIGTERM / Ctrl-C handling for the whole command (distillation/interrupts.py).
     with InterruptGuard("rcig") as interrupts:

@@ -6,12 +6,12 @@ run needs is a callback, each with one job and its own test:
 
 * :class:`ProgressBar`: a tqdm bar with the current losses;
 * :class:`History`: the logged metrics every ``every`` steps (and a stop with
-  :class:`~distillation.checkpoint.RunFailed` on NaN or infinity);
+  :class:`~distillation.RunFailed` on NaN or infinity);
 * :class:`Checkpointer`: the state and a record (history, settings, seconds) every ``every``
   steps, at the end, and when the run is interrupted;
 * :class:`Snapshots`: copies of the result at chosen iterations, with the time so far;
 * :class:`SignalStop`: ends the run after the step in flight when the program's
-  :class:`~distillation.interrupts.InterruptGuard` received a signal (the one signal handling of
+  :class:`~distillation.InterruptGuard` received a signal (the one signal handling of
   the program; the loop installs none of its own).
 
 A callback implements any of ``on_start(step, state)``, ``on_step(step, state, row)`` (``row``:
@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 
-from distillation.checkpoint import RunFailed, save_checkpoint
-from distillation.interrupts import InterruptGuard
+from distillation._checkpoint import RunFailed, save_checkpoint
+from distillation._interrupts import InterruptGuard
 
 if TYPE_CHECKING:
-    from distillation.distill import Distiller, DistillState, Snapshot
+    from distillation._distill import Distiller, DistillState, Snapshot
 
 
 class Interrupted(Exception):
@@ -67,7 +67,7 @@ def run(
     """Run ``distiller`` from ``state`` until ``steps`` iterations are done.
 
     Args:
-        distiller: the step (:class:`~distillation.distill.Distiller`).
+        distiller: the step (:class:`~distillation.Distiller`).
         state: where to start (``state.step`` iterations already done).
         data: the training images and their one-hot labels, on the device.
         steps: the total number of iterations (not the number to run now).
@@ -204,7 +204,7 @@ class Checkpointer(Callback):
     """Writes the state with ``record()`` (a JSON-serialisable dict: history, settings, ...)
     every ``every`` steps, after the last one, and when the run is interrupted with steps not
     yet saved. Each checkpoint commits the state and the record together, atomically
-    (:mod:`distillation.checkpoint`).
+    (:mod:`distillation._checkpoint`).
 
     Args:
         directory: where the checkpoint goes.
@@ -252,7 +252,7 @@ class Checkpointer(Callback):
 
 class Snapshots(Callback):
     """Copies of the result (``result(state)``: the EMA set by default in
-    :func:`~distillation.distill.distill`) after the iterations in ``steps`` (``0``: the
+    :func:`~distillation.distill`) after the iterations in ``steps`` (``0``: the
     start), with the wall-clock seconds since ``t0``."""
 
     def __init__(
@@ -270,7 +270,7 @@ class Snapshots(Callback):
         self.taken: list[Snapshot] = []
 
     def _take(self, step: int, state: DistillState) -> None:
-        from distillation.distill import Snapshot
+        from distillation._distill import Snapshot
 
         if step in self.steps:
             support = jax.device_get(jax.block_until_ready(self.result(state)))
