@@ -97,24 +97,23 @@ def released_preround(
         The algorithm with the tuned rates (replaced leaves) and the number of probes run.
     """
     calls = 0
-    # float32 arithmetic, as the rates are float32 leaves.
+
+    def raise_while_monotone(rate: Array, which: int, rates) -> Array:
+        # float32 arithmetic, as the rates are float32 leaves.
+        nonlocal calls
+        for _ in range(max_probes):
+            classes = probe(algorithm.with_learning_rates(*rates(rate)), calls)
+            calls += 1
+            rate = rate * increase
+            if classes[which] != 1:
+                break
+        return rate * final
+
     inner, hessian = algorithm.inner_lr, algorithm.hessian_lr
     if algorithm.n_inner > 0:
-        for _ in range(max_probes):
-            inner_class, _ = probe(algorithm.with_learning_rates(inner, hessian), calls)
-            calls += 1
-            inner = inner * increase
-            if inner_class != 1:
-                break
-        inner = inner * final
+        inner = raise_while_monotone(inner, 0, lambda r: (r, hessian))
     if hessian is not None:
-        for _ in range(max_probes):
-            _, hessian_class = probe(algorithm.with_learning_rates(inner, hessian), calls)
-            calls += 1
-            hessian = hessian * increase
-            if hessian_class != 1:
-                break
-        hessian = hessian * final
+        hessian = raise_while_monotone(hessian, 1, lambda r: (inner, r))
     return algorithm.with_learning_rates(inner, hessian), calls
 
 
