@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from bilevel._implicit_diff import LinearSolve, _check_solve, custom_root
-from bilevel._linear_solve import CG, Dense
+from bilevel._linear_solve import CG, Dense, _check_positive_int
 from bilevel._optax import optax_step
 from bilevel._results import RESULTS, nonfinite, raise_if_failed
 from bilevel._tree_math import tree_norm, tree_sub
@@ -98,11 +98,6 @@ def _check_tol(tol: Any, cls: str) -> None:
         raise ValueError(f"{cls}: `tol` must be a finite non-negative number or None, got {tol!r}.")
 
 
-def _check_steps(steps: Any, cls: str) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"{cls}: `steps` must be a non-negative integer, got {steps!r}.")
-
-
 class OptaxMinimizer(AbstractMinimizer):
     """Minimise ``loss_fn(params, *args)`` over ``params`` with an optax optimizer.
 
@@ -152,7 +147,7 @@ class OptaxMinimizer(AbstractMinimizer):
                 "learning_rate -> GradientTransformation (e.g. optax.adam), got "
                 f"{type(self.optimizer).__name__}."
             )
-        _check_steps(self.steps, "OptaxMinimizer")
+        _check_positive_int("steps", self.steps, "OptaxMinimizer", allow_zero=True)
         _check_tol(self.tol, "OptaxMinimizer")
 
     def transformation(self) -> optax.GradientTransformation:
@@ -224,7 +219,7 @@ class GradientFixedPoint(AbstractMinimizer):
     tol: float | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
-        _check_steps(self.steps, "GradientFixedPoint")
+        _check_positive_int("steps", self.steps, "GradientFixedPoint", allow_zero=True)
         _check_tol(self.tol, "GradientFixedPoint")
 
     def __call__(self, loss_fn, init_params, *args):

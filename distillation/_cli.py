@@ -345,7 +345,7 @@ class RunSettings:
     def distill_config(self, checkpoint_every: int):
         from distillation._distill import DistillConfig
 
-        learns = self.method != "random"
+        learns = _learns(self.method)
         return DistillConfig(
             steps=self.steps,
             pool_size=self.pool_size,
@@ -365,11 +365,18 @@ class RunSettings:
         )
 
 
+def _learns(method: str) -> bool:
+    """Whether the method optimises its support set (the random subset does not)."""
+    from distillation._algorithms import ALGORITHMS
+
+    return ALGORITHMS[method]().learns
+
+
 def _resolve(args, dataset, method: str, seed: int) -> RunSettings:
     """The run's :class:`RunSettings` from the arguments and the dataset."""
     small = _is_small(dataset)
     n_support = args.ipc * dataset.num_classes
-    learns = method != "random"
+    learns = _learns(method)
     steps = args.steps if args.steps is not None else (300 if small else table7_steps(args.ipc))
     flip = (not dataset.grayscale and n_support <= 1000) if args.flip is None else args.flip
     return RunSettings(
