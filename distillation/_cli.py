@@ -138,6 +138,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_args(e)
 
+    pv = sub.add_parser(
+        "privacy",
+        help="membership-inference attacks on models trained on a distilled set and on real data",
+    )
+    pv.add_argument("file", type=Path, help="a distilled-set .npz (export format)")
+    pv.add_argument("--dataset", required=True, help="the dataset it was distilled from")
+    pv.add_argument(
+        "--chunk",
+        type=_positive_int,
+        default=10000,
+        help="members: this many training images, all of which the set was distilled from; "
+        "also the size of the real-data baseline (default 10000)",
+    )
+    pv.add_argument(
+        "--train-steps",
+        default="250,500,1000,2000",
+        help="training steps of the target models, comma-separated (default 250,500,1000,2000)",
+    )
+    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where the JSON and the figure go (default: beside FILE, <name>_privacy.*)",
+    )
+    pv.add_argument("--json", action="store_true", help="print the rows as JSON (last line)")
+    _add_model_args(pv)
+
     o = sub.add_parser(
         "import-official",
         help="convert a checkpoint of the authors' released RCIG code to a distilled-set .npz",
@@ -574,24 +602,10 @@ def cmd_distill(args, interrupts: InterruptGuard) -> int:
 def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
     import jax
 
-    from distillation._data import load_raw
     from distillation._evaluate import EvalConfig, evaluate_support
-    from distillation._export import load_distilled
 
     interrupts.set_phase("loading the data")
-    distilled = load_distilled(args.file)
-    raw = load_raw(args.dataset)
-    if distilled.num_classes != len(raw.class_names):
-        raise ValueError(
-            f"{args.file} has {distilled.num_classes} classes but {args.dataset!r} has "
-            f"{len(raw.class_names)}."
-        )
-    if distilled.images.shape[1:] != raw.x_test.shape[1:]:
-        raise ValueError(
-            f"{args.file} holds images of shape {distilled.images.shape[1:]} but "
-            f"{args.dataset!r} has images of shape {raw.x_test.shape[1:]}."
-        )
-    x_test = distilled.preprocessor(raw.x_test)  # the file's own preprocessing
+    distilled, raw, x_test = _distilled_and_dataset(args)
     small = min(x_test.shape[1:3]) < 28
     config = EvalConfig(
         models=args.models,
@@ -617,6 +631,85 @@ def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
     print(f"{args.file}: test accuracy {result} (augment={args.augment}{style})")
     if args.json:
         print(json.dumps(result.as_dict()))
+    return 0
+
+
+def _distilled_and_dataset(args):
+    """The distilled set, the raw dataset and its test images in the set's own preprocessing,
+    checked against each other."""
+    from distillation._data import load_raw
+    from distillation._export import load_distilled
+
+    distilled = load_distilled(args.file)
+    raw = load_raw(args.dataset)
+    if distilled.num_classes != len(raw.class_names):
+        raise ValueError(
+            f"{args.file} has {distilled.num_classes} classes but {args.dataset!r} has "
+            f"{len(raw.class_names)}."
+        )
+    if distilled.images.shape[1:] != raw.x_test.shape[1:]:
+        raise ValueError(
+            f"{args.file} holds images of shape {distilled.images.shape[1:]} but "
+            f"{args.dataset!r} has images of shape {raw.x_test.shape[1:]}."
+        )
+    return distilled, raw, distilled.preprocessor(raw.x_test)  # the file's own preprocessing
+
+
+def cmd_privacy(args, interrupts: InterruptGuard) -> int:
+    import jax
+
+    from distillation._evaluate import EvalConfig
+    from distillation._export import save_metrics
+    from distillation._privacy import privacy_evaluation, save_privacy_figure
+
+    try:
+        steps = [int(x) for x in args.train_steps.split(",") if x.strip()]
+    except ValueError:
+        steps = []
+    if not steps or min(steps) < 1:
+        raise ValueError(
+            f"--train-steps must be comma-separated positive integers, got {args.train_steps!r}."
+        )
+    if args.file.suffix != ".npz" or not args.file.is_file():
+        raise ValueError(f"{args.file}: expected an existing distilled-set .npz.")
+    out = args.out or args.file.parent
+    interrupts.set_phase("loading the data")
+    distilled, raw, x_test = _distilled_and_dataset(args)
+    if args.chunk > len(raw.y_train):
+        raise ValueError(
+            f"--chunk {args.chunk} is larger than {args.dataset!r}'s training split "
+            f"({len(raw.y_train)} images)."
+        )
+    x_train = distilled.preprocessor(raw.x_train)
+    small = min(x_test.shape[1:3]) < 28
+    config = EvalConfig(width=args.width or (32 if small else 128), depth=args.depth)
+    interrupts.set_phase("evaluating")
+    rows = privacy_evaluation(
+        distilled.images,
+        distilled.labels,
+        x_train,
+        raw.y_train,
+        x_test,
+        raw.y_test,
+        config,
+        key=jax.random.key(args.seed),
+        flip=distilled.flip,
+        chunk=args.chunk,
+        steps=steps,
+        progress=not args.json,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.file.stem
+    record = {"file": str(args.file), "dataset": args.dataset, "chunk": args.chunk,
+              "rows": [r.as_dict() for r in rows]}  # fmt: skip
+    save_metrics(out / f"{stem}_privacy.json", record)
+    save_privacy_figure(out / f"{stem}_privacy.png", rows, f"{stem} on {args.dataset}")
+    for r in rows:
+        aucs = "  ".join(f"{k} {v:.3f}" for k, v in r.aucs.items())
+        print(f"{r.target:>18} {r.steps:>5} steps: {r.test_accuracy:6.2f} %  AUC {aucs}")
+    print(f"outputs: {out / (stem + '_privacy.json')}  {out / (stem + '_privacy.png')}")
+    if args.json:
+        print(json.dumps(record))
     return 0
 
 
@@ -735,6 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         "distill": cmd_distill,
         "evaluate": cmd_evaluate,
         "import-official": cmd_import_official,
+        "privacy": cmd_privacy,
         "ablate": cmd_ablate,
     }
     if args.command not in commands:
