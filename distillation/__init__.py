@@ -24,7 +24,8 @@ Public names (``docs/architecture.md`` shows how they fit together):
   :class:`Interrupted`, :class:`RunFailed`, :class:`InterruptGuard`.
 * Data, evaluation, export: :func:`load_dataset`, :class:`ImageDataset`, :class:`Preprocessor`,
   :class:`EvalConfig`, :func:`evaluate_support`, :func:`save_distilled`, :func:`load_distilled`,
-  :func:`import_official` and :func:`read_flax_msgpack` (the authors' released checkpoints).
+  :func:`import_official` and :func:`read_flax_msgpack` (the authors' released checkpoints);
+  membership inference: :func:`privacy_evaluation`, :func:`run_attacks`, :class:`PrivacyRow`.
 """
 
 from distillation._algorithms import (
@@ -96,6 +97,7 @@ from distillation._objectives import (
 )
 from distillation._official import import_official, read_flax_msgpack
 from distillation._pool import ModelPool
+from distillation._privacy import PrivacyRow, privacy_evaluation, run_attacks
 from distillation._tuning import (
     LearningRateTuner,
     classify_trace,
@@ -129,6 +131,7 @@ __all__ = [
     "ModelPool",
     "Partitioned",
     "Preprocessor",
+    "PrivacyRow",
     "ProgressBar",
     "RunFailed",
     "SignalStop",
@@ -162,6 +165,7 @@ __all__ = [
     "meta_loss",
     "meta_optimizer",
     "platt_cross_entropy",
+    "privacy_evaluation",
     "random_subset",
     "rcig",
     "rcig_paper_text",
@@ -171,6 +175,7 @@ __all__ = [
     "released_schedule",
     "remat_map",
     "ridge_dual",
+    "run_attacks",
     "rig",
     "run",
     "save_distilled",
