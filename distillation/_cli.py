@@ -196,6 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     a.add_argument("--out", type=Path, default=None, help="output folder (default runs/ablate-...)")
+
+    w = sub.add_parser(
+        "sweep",
+        help="time per iteration and accuracy for every (n_inner, n_hessian) pair: Figures 1-2",
+    )
+    _add_distill_args(w, ablate=True)
+    w.add_argument("--method", choices=METHODS, default="rcig")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument(
+        "--inner-steps",
+        default="0,2,5,10,20",
+        help="n_inner values, comma-separated (default 0,2,5,10,20)",
+    )
+    w.add_argument(
+        "--hessian-steps",
+        default="0,2,5,10,20",
+        help="n_hessian values, comma-separated (default 0,2,5,10,20)",
+    )
+    w.add_argument("--out", type=Path, default=None, help="output folder (default runs/sweep-...)")
     return parser
 
 
@@ -528,6 +547,8 @@ def _distill_export_evaluate(args, dataset, s: RunSettings, out, resume, eval_mo
         "seconds_per_step": seconds / result.steps if result.steps else None,
         "steps_done": result.steps,
         "final": history[-1] if history else None,
+        # Between the first and the last logged step: compilation and the pre-round excluded.
+        "seconds_per_step_steady": _steady_seconds_per_step(history),
     }
     if eval_models > 0:
         interrupts.set_phase("evaluating")
@@ -818,6 +839,90 @@ def cmd_ablate(args, interrupts: InterruptGuard) -> int:
     return 0
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise ValueError(f"{flag} must be comma-separated integers >= 0, got {text!r}.")
+    return values
+
+
+def cmd_sweep(args, interrupts: InterruptGuard) -> int:
+    """Every (n_inner, n_hessian) pair as its own resumable run (``<out>/inner<a>-hessian<b>``);
+    a pair finished with the same settings (fingerprint) is read from ``sweep.json`` and not run
+    again, and an interrupted pair continues from its checkpoint."""
+    from distillation._data import load_dataset
+    from distillation._export import save_metrics, save_sweep_figure
+    from distillation._run_folder import check_writable, open_run_folder
+
+    inner = _int_list(args.inner_steps, "--inner-steps")
+    hessian = _int_list(args.hessian_steps, "--hessian-steps")
+    if args.n_inner is not None or args.n_hessian is not None:
+        raise ValueError(
+            "rcig sweep sets --n-inner/--n-hessian itself: use --inner-steps and --hessian-steps."
+        )
+    name = Path(args.dataset).name
+    out = args.out or Path("runs") / f"sweep-{name}-{args.method}-ipc{args.ipc}-seed{args.seed}"
+    check_writable(out)  # before any data is loaded or anything compiled
+    interrupts.set_phase("loading the data")
+    dataset = load_dataset(args.dataset)
+    eval_models = args.eval_models if args.eval_models is not None else 1
+    record_path = out / "sweep.json"
+    record = _read_json(record_path)
+    cells = {(c["n_inner"], c["n_hessian"]): c for c in record.get("cells", [])}
+    for a in inner:
+        for b in hessian:
+            pair = argparse.Namespace(**{**vars(args), "n_inner": a, "n_hessian": b})
+            fingerprint = _resolve(pair, dataset, args.method, args.seed).fingerprint()
+            if cells.get((a, b), {}).get("fingerprint") == fingerprint:
+                print(f"== n_inner {a}, n_hessian {b}: done earlier", flush=True)
+                continue
+            print(f"== n_inner {a}, n_hessian {b}", flush=True)
+            folder = out / f"inner{a}-hessian{b}"
+            with open_run_folder(folder, resume=True, overwrite=False):
+                metrics = run_one(
+                    pair, dataset, args.method, args.seed, folder, True, eval_models, interrupts
+                )
+            cells[(a, b)] = {
+                "n_inner": a,
+                "n_hessian": b,
+                "seconds_per_iteration": metrics["seconds_per_step_steady"]
+                or metrics["seconds_per_step"],
+                "acc_mean": metrics.get("eval", {}).get("acc_mean"),
+                "acc_std": metrics.get("eval", {}).get("acc_std"),
+                "steps": metrics["steps_done"],
+                "fingerprint": fingerprint,
+            }
+            record = {
+                "dataset": args.dataset,
+                "ipc": args.ipc,
+                "method": args.method,
+                "seed": args.seed,
+                "cells": sorted(cells.values(), key=_cell_key),
+            }
+            save_metrics(record_path, record)
+    figure = save_sweep_figure(
+        out / "sweep.png", sorted(cells.values(), key=_cell_key), f"{args.method} on {name}"
+    )
+    print(f"outputs: {record_path}  {figure}")
+    return 0
+
+
+def _cell_key(cell: dict) -> tuple[int, int]:
+    return cell["n_inner"], cell["n_hessian"]
+
+
+def _steady_seconds_per_step(history: list[dict]) -> float | None:
+    """Seconds per iteration between the first and the last logged step of a run's history
+    (compilation and the learning-rate pre-round excluded); ``None`` with fewer than two."""
+    if len(history) >= 2 and history[-1]["step"] > history[0]["step"]:
+        first, last = history[0], history[-1]
+        return (last["seconds"] - first["seconds"]) / (last["step"] - first["step"])
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -829,6 +934,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": cmd_evaluate,
         "import-official": cmd_import_official,
         "privacy": cmd_privacy,
+        "sweep": cmd_sweep,
         "ablate": cmd_ablate,
     }
     if args.command not in commands:

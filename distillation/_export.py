@@ -252,3 +252,39 @@ def _replaced_atomically(path: str | Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def save_sweep_figure(path: str | Path, cells: list[dict[str, Any]], title: str = "") -> Path:
+    """Two heat maps over (n_inner, n_hessian): seconds per iteration and test accuracy (the
+    shape of the paper's Figures 1 and 2); a missing cell is blank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    inner = sorted({c["n_inner"] for c in cells})
+    hessian = sorted({c["n_hessian"] for c in cells})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in (
+        (axes[0], "seconds_per_iteration", "seconds per iteration"),
+        (axes[1], "acc_mean", "test accuracy (%)"),
+    ):
+        grid = np.full((len(inner), len(hessian)), np.nan)
+        for c in cells:
+            if c.get(key) is not None:
+                grid[inner.index(c["n_inner"]), hessian.index(c["n_hessian"])] = c[key]
+        image = ax.imshow(grid, origin="lower", cmap="viridis")
+        for i in range(len(inner)):
+            for j in range(len(hessian)):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", color="w")
+        ax.set_xticks(range(len(hessian)), [str(h) for h in hessian])
+        ax.set_yticks(range(len(inner)), [str(n) for n in inner])
+        ax.set(xlabel="n_H (Hessian-inverse steps)", ylabel="n_inner (inner steps)", title=label)
+        fig.colorbar(image, ax=ax)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -295,3 +295,36 @@ def test_resume_equals_uninterrupted(tmp_path):
             fingerprint="other",
             progress=False,
         )
+
+
+@pytest.mark.slow  # four tiny runs, each compiling its own step (~1-2 min on 2 cores)
+def test_sweep_resumes_and_runs_only_the_missing_pairs(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "sweep"
+    base = ["sweep", "--dataset", "digits", "--steps", "2", "--width", "4", "--pool-size", "2",
+            "--target-batch", "32", "--eval-models", "1", "--eval-steps", "5", "--no-progress",
+            "--lr-tuning", "none", "--out", str(out)]  # fmt: skip
+    assert main([*base, "--inner-steps", "0,1", "--hessian-steps", "0"]) == 0
+    first = json.loads((out / "sweep.json").read_text())
+    assert [(c["n_inner"], c["n_hessian"]) for c in first["cells"]] == [(0, 0), (1, 0)]
+    capsys.readouterr()
+    assert main([*base, "--inner-steps", "0,1", "--hessian-steps", "0,1"]) == 0
+    printed = capsys.readouterr().out
+    assert "n_inner 0, n_hessian 0: done earlier" in printed
+    assert "n_inner 1, n_hessian 0: done earlier" in printed
+    second = json.loads((out / "sweep.json").read_text())
+    assert [(c["n_inner"], c["n_hessian"]) for c in second["cells"]] == [
+        (0, 0), (0, 1), (1, 0), (1, 1)
+    ]  # fmt: skip
+    assert second["cells"][0] == first["cells"][0]  # not run again
+    for cell in second["cells"]:
+        assert cell["seconds_per_iteration"] > 0 and 0 <= cell["acc_mean"] <= 100
+    assert (out / "sweep.png").stat().st_size > 0
+
+
+def test_sweep_refuses_bad_step_lists(capsys):
+    assert main(["sweep", "--inner-steps", "0,-1"]) == 2
+    assert "--inner-steps must be comma-separated integers >= 0" in capsys.readouterr().err
+    assert main(["sweep", "--n-inner", "3"]) == 2
+    assert "use --inner-steps and --hessian-steps" in capsys.readouterr().err
