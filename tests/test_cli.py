@@ -130,6 +130,16 @@ def test_distill_then_evaluate_json(tmp_path, capsys):
     result = json.loads(last)
     assert set(result) == {"acc_mean", "acc_std", "accs"} and len(result["accs"]) == 2
     assert result["acc_mean"] == pytest.approx(np.mean(result["accs"]))
+    # --both: without and with augmentation, reported together; the first is the plain run.
+    argv = ["evaluate", str(out / "distilled.npz"), "--dataset", "digits", "--models", "2",
+            "--steps", "20", "--width", "8", "--json", "--both"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "(augment=False)" in printed and "(augment=True, released)" in printed
+    both = json.loads(printed.strip().splitlines()[-1])
+    assert set(both) == {"no_augment", "augment"}
+    assert both["no_augment"] == result  # the same models and seed as the plain evaluation
+    assert both["augment"]["accs"] != result["accs"]
 
 
 @pytest.mark.slow
