@@ -1,6 +1,6 @@
 """The ``rcig`` command's launcher: signal handling from the first line, then the command.
 
-``rcig`` (and ``python -m rcig_cli``) start here rather than in :mod:`distillation._cli`, because
+``rcig`` (and ``python -m rcig_cli``) start here rather than in :mod:`distillation.cli`, because
 importing any module of ``distillation`` first imports the package, and with it JAX (about 2 s).
 A Ctrl-C in that window used to raise ``KeyboardInterrupt`` inside JAX's import, sometimes from
 inside a callback of its C++ extension, which then aborted the interpreter (exit status -6,
@@ -34,11 +34,11 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``rcig`` command (``argv`` as in :func:`distillation._cli.main`)."""
+    """Run the ``rcig`` command (``argv`` as in :func:`distillation.cli.main`)."""
     global _line
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop)
-    from distillation._cli import main as command
+    from distillation.cli._commands import main as command
 
     try:
         return command(argv)

@@ -27,9 +27,9 @@ from iteration_time import DATA, ROOT
 from profile_step import conv_placement
 
 from distillation._algorithms import vig
-from distillation._data import load_dataset
 from distillation._distill import DistillConfig, Distiller, distill, init_support
 from distillation._models import ConvBody, _activation, _normalise
+from distillation.data._datasets import load_dataset
 
 EXPLICIT_PAD = ConvBody.__call__
 

@@ -22,9 +22,9 @@ import jax
 import numpy as np
 from iteration_time import DATA, ROOT
 
-from distillation._data import load_dataset
 from distillation._distill import init_support
-from distillation._evaluate import EvalConfig, evaluate_support
+from distillation.data._datasets import load_dataset
+from distillation.evaluation._evaluate import EvalConfig, evaluate_support
 
 # name -> (EvalConfig changes, label transform, ZCA)
 VARIANTS = {

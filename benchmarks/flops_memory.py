@@ -32,8 +32,8 @@ import numpy as np
 from iteration_time import DATA, ROOT, _timed
 
 from distillation._algorithms import rcig
-from distillation._data import load_dataset
 from distillation._distill import DistillConfig, Distiller, init_support
+from distillation.data._datasets import load_dataset
 
 MiB = 2**20
 

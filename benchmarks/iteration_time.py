@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from distillation._algorithms import ALGORITHMS
-from distillation._data import load_dataset
 from distillation._distill import DistillConfig, Distiller, init_support
+from distillation.data._datasets import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = {

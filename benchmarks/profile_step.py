@@ -41,7 +41,7 @@ from flops_memory import _setup  # noqa: E402
 from iteration_time import DATA, ROOT  # noqa: E402
 
 from distillation._algorithms import rcig  # noqa: E402
-from distillation._data import load_dataset  # noqa: E402
+from distillation.data._datasets import load_dataset  # noqa: E402
 
 KINDS = ("YNNPACK conv", "YNNPACK other", "XLA convolution", "loop fusion", "other")
 

@@ -28,7 +28,7 @@ import json
 import time
 from pathlib import Path
 
-from distillation._cli import main as rcig
+from distillation.cli._commands import main as rcig
 
 ROOT = Path(__file__).resolve().parents[1]
 

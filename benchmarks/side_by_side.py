@@ -62,7 +62,7 @@ def _official_times(outdir: Path) -> tuple[float, dict[int, float]]:
 
 
 def _evaluate(images, labels, flip, dataset, models, width, seed) -> list[float]:
-    from distillation._evaluate import EvalConfig, evaluate_support
+    from distillation.evaluation._evaluate import EvalConfig, evaluate_support
 
     config = EvalConfig(models=models, width=width)
     result = evaluate_support(
@@ -73,10 +73,10 @@ def _evaluate(images, labels, flip, dataset, models, width, seed) -> list[float]
 
 def accuracy(args) -> None:
     from distillation._algorithms import rcig
-    from distillation._data import load_dataset
     from distillation._distill import DistillConfig, distill
-    from distillation._export import load_distilled
-    from distillation._official import import_official
+    from distillation.data._datasets import load_dataset
+    from distillation.data._export import load_distilled
+    from distillation.data._official import import_official
 
     dataset = load_dataset(str(MNIST))
     out_path = RESULTS / "side_by_side.json"
@@ -214,8 +214,8 @@ def _report(results: dict, width: int, steps: int) -> None:
 
 def _ours_siter(width: int, iters: int) -> float:
     from distillation._algorithms import rcig
-    from distillation._data import load_dataset
     from distillation._distill import DistillConfig, distill
+    from distillation.data._datasets import load_dataset
 
     dataset = load_dataset(str(MNIST))
     config = DistillConfig(

@@ -36,8 +36,8 @@ from flops_memory import _memory
 from iteration_time import DATA, ROOT, _timed
 
 from distillation._algorithms import rcig
-from distillation._data import load_dataset
 from distillation._distill import DistillConfig, Distiller, init_support
+from distillation.data._datasets import load_dataset
 
 
 def _programs(dataset, width, ipc, n_subset, unroll):

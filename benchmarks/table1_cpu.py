@@ -34,9 +34,9 @@ import numpy as np
 from iteration_time import DATA, ROOT
 
 from distillation._algorithms import ALGORITHMS
-from distillation._data import load_dataset
 from distillation._distill import DistillConfig, distill
-from distillation._evaluate import EvalConfig, evaluate_support
+from distillation.data._datasets import load_dataset
+from distillation.evaluation._evaluate import EvalConfig, evaluate_support
 
 METHODS = ("vig", "cig", "rig", "rcig", "frepo")
 LABELS = {

@@ -45,9 +45,7 @@ from distillation._algorithms import (
     rig,
     vig,
 )
-from distillation._augment import dsa_augment, released_augment
 from distillation._checkpoint import RunFailed
-from distillation._data import ImageDataset, Preprocessor, load_dataset
 from distillation._distill import (
     DistillConfig,
     Distiller,
@@ -62,8 +60,6 @@ from distillation._distill import (
     meta_optimizer,
     shard_state,
 )
-from distillation._evaluate import EvalConfig, EvalResult, evaluate_support
-from distillation._export import DistilledSet, load_distilled, save_distilled
 from distillation._interrupts import InterruptGuard
 from distillation._loop import (
     Callback,
@@ -95,15 +91,19 @@ from distillation._objectives import (
     platt_cross_entropy,
     ridge_dual,
 )
-from distillation._official import import_official, read_flax_msgpack
 from distillation._pool import ModelPool
-from distillation._privacy import PrivacyRow, privacy_evaluation, run_attacks
 from distillation._tuning import (
     LearningRateTuner,
     classify_trace,
     released_preround,
     released_schedule,
 )
+from distillation.data._datasets import ImageDataset, Preprocessor, load_dataset
+from distillation.data._export import DistilledSet, load_distilled, save_distilled
+from distillation.data._official import import_official, read_flax_msgpack
+from distillation.evaluation._augment import dsa_augment, released_augment
+from distillation.evaluation._evaluate import EvalConfig, EvalResult, evaluate_support
+from distillation.evaluation._privacy import PrivacyRow, privacy_evaluation, run_attacks
 
 __all__ = [
     "Algorithm",

@@ -30,7 +30,6 @@ from jaxtyping import Array
 
 from bilevel import optax_step
 from distillation._algorithms import Algorithm, SupportSet, clip_to_direct, meta_loss
-from distillation._augment import with_mirrors
 from distillation._checkpoint import (
     RunFailed,
     has_checkpoint,
@@ -61,6 +60,7 @@ from distillation._tuning import (
     released_schedule,
     solve_traces,
 )
+from distillation.evaluation._augment import with_mirrors
 
 LrTuning = Literal["released", "probe", "none"]
 

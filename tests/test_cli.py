@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from distillation._algorithms import rcig
-from distillation._cli import main
-from distillation._data import Preprocessor, load_dataset
 from distillation._distill import DistillConfig, Interrupted, distill
-from distillation._export import load_distilled, save_distilled
+from distillation.cli._commands import main
+from distillation.data._datasets import Preprocessor, load_dataset
+from distillation.data._export import load_distilled, save_distilled
 
 TINY = [  # the plumbing, not the numbers: short inner and Hessian solves compile fast
     "--n-inner",

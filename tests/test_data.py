@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distillation._data import (
+from distillation._distill import init_support
+from distillation.data._datasets import (
     Preprocessor,
     fit_preprocessor,
     load_dataset,
     load_raw,
     zca_whitening,
 )
-from distillation._distill import init_support
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -17,8 +17,6 @@ from distillation._algorithms import (
     meta_loss,
     rcig,
 )
-from distillation._augment import _released_transforms, released_augment
-from distillation._cli import table7_steps
 from distillation._distill import (
     DistillConfig,
     Distiller,
@@ -32,6 +30,8 @@ from distillation._models import conv_net
 from distillation._objectives import InnerProblem, label_margin
 from distillation._pool import ModelPool
 from distillation._tuning import classify_trace, released_preround, released_schedule
+from distillation.cli._commands import table7_steps
+from distillation.evaluation._augment import _released_transforms, released_augment
 
 
 def _tiny(dtype=jnp.float64, n_support=4, n_target=6, width=3, seed=0):
@@ -324,7 +324,7 @@ def test_activation_and_default_iterations_follow_the_released_configs():
 
 
 def test_released_evaluation_tail_runs_rounds_of_500_steps_at_the_floor_rate():
-    from distillation._evaluate import EvalConfig, _schedule
+    from distillation.evaluation._evaluate import EvalConfig, _schedule
 
     plain, tail = EvalConfig(), EvalConfig(released_tail=True)
     assert (plain.total_steps(10), plain.total_steps(20)) == (1000, 2000)
@@ -360,7 +360,7 @@ def test_command_line_defaults_follow_the_released_configs():
     1000 images, and off with subsets of 2000 above (the CIFAR-100 50-ipc config)."""
     from types import SimpleNamespace
 
-    from distillation._cli import _resolve, build_parser
+    from distillation.cli._commands import _resolve, build_parser
 
     rgb = SimpleNamespace(image_shape=(32, 32, 3), num_classes=100, grayscale=False)
     gray = SimpleNamespace(image_shape=(28, 28, 1), num_classes=10, grayscale=True)

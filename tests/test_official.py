@@ -14,10 +14,10 @@ import msgpack
 import numpy as np
 import pytest
 
-from distillation._cli import main
-from distillation._data import Preprocessor, load_dataset
-from distillation._export import load_distilled
-from distillation._official import import_official, read_flax_msgpack
+from distillation.cli._commands import main
+from distillation.data._datasets import Preprocessor, load_dataset
+from distillation.data._export import load_distilled
+from distillation.data._official import import_official, read_flax_msgpack
 
 
 def _flax_array(a: np.ndarray) -> msgpack.ExtType:

@@ -4,8 +4,13 @@ import jax
 import numpy as np
 import pytest
 
-from distillation._evaluate import EvalConfig
-from distillation._privacy import ATTACKS, attack_features, privacy_evaluation, run_attacks
+from distillation.evaluation._evaluate import EvalConfig
+from distillation.evaluation._privacy import (
+    ATTACKS,
+    attack_features,
+    privacy_evaluation,
+    run_attacks,
+)
 
 
 def _logits(rng, labels, margin):
@@ -54,7 +59,7 @@ def test_attacks_refuse_too_few_examples():
 def test_privacy_evaluation_trains_three_targets_per_step_count(tmp_path):
     from sklearn.datasets import load_digits
 
-    from distillation._privacy import save_privacy_figure
+    from distillation.evaluation._privacy import save_privacy_figure
 
     d = load_digits()
     x = ((d.images[..., None] / 16.0 - 0.3) / 0.4).astype(np.float32)
@@ -84,7 +89,7 @@ def test_privacy_evaluation_trains_three_targets_per_step_count(tmp_path):
 
 
 def test_rcig_privacy_refuses_bad_arguments_before_training(tmp_path, capsys):
-    from distillation._cli import main
+    from distillation.cli._commands import main
 
     missing = tmp_path / "none.npz"
     assert main(["privacy", str(missing), "--dataset", "digits"]) == 2

@@ -38,11 +38,11 @@ from distillation._checkpoint import (
     save_checkpoint,
     settings_mismatch,
 )
-from distillation._cli import main
-from distillation._data import load_raw
-from distillation._export import load_distilled
 from distillation._interrupts import InterruptGuard
 from distillation._run_folder import LOCK_NAME, RunLock
+from distillation.cli._commands import main
+from distillation.data._datasets import load_raw
+from distillation.data._export import load_distilled
 
 # --------------------------------------------------------------------------- helpers
 
@@ -352,8 +352,8 @@ def test_another_runs_checkpoint_is_never_overwritten_silently(tmp_path, capsys)
 
 
 def test_resume_names_each_setting_that_differs(tmp_path, capsys):
-    from distillation._cli import _resolve, build_parser
-    from distillation._data import load_dataset
+    from distillation.cli._commands import _resolve, build_parser
+    from distillation.data._datasets import load_dataset
 
     args = build_parser().parse_args(["distill", *TINY, "--steps", "5"])
     now = _resolve(args, load_dataset("digits"), "rcig", 0).record()
@@ -663,8 +663,8 @@ def test_a_diverging_run_stops_with_one_line_and_saves_nothing_wrong(tmp_path):
     """A learning rate of 1e30 overflows at the first step: the loop stops with one line naming
     what is not finite, and no checkpoint holds the diverged state."""
     from distillation._algorithms import rcig
-    from distillation._data import load_dataset
     from distillation._distill import DistillConfig, distill
+    from distillation.data._datasets import load_dataset
 
     ds = load_dataset("digits")
     config = DistillConfig(

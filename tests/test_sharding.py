@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp, numpy as np
     from distillation._algorithms import SupportSet, meta_loss, rcig
-    from distillation._data import load_dataset
+    from distillation.data._datasets import load_dataset
     from distillation._models import conv_net
     from distillation._distill import (DistillConfig, Distiller, data_parallel_mesh, init_support,
                                       shard_state)

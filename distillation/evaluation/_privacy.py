@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from distillation._augment import with_mirrors
 from distillation._checks import check_int, one_hot
-from distillation._evaluate import EvalConfig, accuracy, train_model
+from distillation.evaluation._augment import with_mirrors
+from distillation.evaluation._evaluate import EvalConfig, accuracy, train_model
 
 ATTACKS = ("threshold", "logistic_regression", "mlp", "random_forest", "knn")
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from distillation._data import Preprocessor
+from distillation.data._datasets import Preprocessor
 
 _NDARRAY, _COMPLEX, _SCALAR = 1, 2, 3  # flax.serialization's msgpack extension codes
 
@@ -137,7 +137,7 @@ def import_official(
         flip: train on mirrors too when evaluating; ``None``: yes for RGB, no for grayscale.
         dataset: recorded in the file's config.
     """
-    from distillation._export import save_distilled
+    from distillation.data._export import save_distilled
 
     checkpoint = Path(checkpoint)
     state = read_flax_msgpack(checkpoint)

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from distillation._checks import one_hot
-from distillation._data import Preprocessor, read_npz
+from distillation.data._datasets import Preprocessor, read_npz
 
 REQUIRED_KEYS = ("images", "labels", "mean", "std")
 

@@ -456,7 +456,7 @@ def _resolve(args, dataset, method: str, seed: int) -> RunSettings:
 
 
 def _eval_config(args, s: RunSettings, models: int):
-    from distillation._evaluate import EvalConfig
+    from distillation.evaluation._evaluate import EvalConfig
 
     return EvalConfig(
         models=models,
@@ -502,8 +502,8 @@ def _distill_export_evaluate(args, dataset, s: RunSettings, out, resume, eval_mo
 
     import bilevel
     from distillation._distill import distill
-    from distillation._evaluate import evaluate_support
-    from distillation._export import save_curves, save_distilled, save_image_grid, save_metrics
+    from distillation.data._export import save_curves, save_distilled, save_image_grid, save_metrics
+    from distillation.evaluation._evaluate import evaluate_support
 
     key = jax.random.key(s.seed)
     result = distill(
@@ -603,8 +603,8 @@ def _default_out(args) -> Path:
 
 def cmd_distill(args, interrupts: InterruptGuard) -> int:
     from distillation._checkpoint import read_checkpoint_meta
-    from distillation._data import load_dataset
     from distillation._run_folder import open_run_folder
+    from distillation.data._datasets import load_dataset
 
     out = args.out or _default_out(args)
     # Before any data is loaded or anything compiled: writable, not in use, not another run's.
@@ -629,7 +629,7 @@ def cmd_distill(args, interrupts: InterruptGuard) -> int:
 def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
     import jax
 
-    from distillation._evaluate import EvalConfig, evaluate_support
+    from distillation.evaluation._evaluate import EvalConfig, evaluate_support
 
     interrupts.set_phase("loading the data")
     distilled, raw, x_test = _distilled_and_dataset(args)
@@ -670,8 +670,8 @@ def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
 def _distilled_and_dataset(args):
     """The distilled set, the raw dataset and its test images in the set's own preprocessing,
     checked against each other."""
-    from distillation._data import load_raw
-    from distillation._export import load_distilled
+    from distillation.data._datasets import load_raw
+    from distillation.data._export import load_distilled
 
     distilled = load_distilled(args.file)
     raw = load_raw(args.dataset)
@@ -691,9 +691,9 @@ def _distilled_and_dataset(args):
 def cmd_privacy(args, interrupts: InterruptGuard) -> int:
     import jax
 
-    from distillation._evaluate import EvalConfig
-    from distillation._export import save_metrics
-    from distillation._privacy import privacy_evaluation, save_privacy_figure
+    from distillation.data._export import save_metrics
+    from distillation.evaluation._evaluate import EvalConfig
+    from distillation.evaluation._privacy import privacy_evaluation, save_privacy_figure
 
     try:
         steps = [int(x) for x in args.train_steps.split(",") if x.strip()]
@@ -747,8 +747,8 @@ def cmd_privacy(args, interrupts: InterruptGuard) -> int:
 
 
 def cmd_import_official(args, interrupts: InterruptGuard) -> int:
-    from distillation._data import load_dataset
-    from distillation._official import import_official, official_support, read_flax_msgpack
+    from distillation.data._datasets import load_dataset
+    from distillation.data._official import import_official, official_support, read_flax_msgpack
 
     if not args.checkpoint.is_file():
         raise ValueError(f"{args.checkpoint}: no such file (an official RCIG checkpoint).")
@@ -778,8 +778,8 @@ def cmd_import_official(args, interrupts: InterruptGuard) -> int:
 def cmd_ablate(args, interrupts: InterruptGuard) -> int:
     import numpy as np
 
-    from distillation._data import load_dataset
     from distillation._run_folder import check_writable, open_run_folder
+    from distillation.data._datasets import load_dataset
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -865,9 +865,9 @@ def cmd_sweep(args, interrupts: InterruptGuard) -> int:
     """Every (n_inner, n_hessian) pair as its own resumable run (``<out>/inner<a>-hessian<b>``);
     a pair finished with the same settings (fingerprint) is read from ``sweep.json`` and not run
     again, and an interrupted pair continues from its checkpoint."""
-    from distillation._data import load_dataset
-    from distillation._export import save_metrics, save_sweep_figure
     from distillation._run_folder import check_writable, open_run_folder
+    from distillation.data._datasets import load_dataset
+    from distillation.data._export import save_metrics, save_sweep_figure
 
     inner = _int_list(args.inner_steps, "--inner-steps")
     hessian = _int_list(args.hessian_steps, "--hessian-steps")

@@ -22,9 +22,9 @@ import optax
 from jaxtyping import Array
 
 from bilevel import optax_step
-from distillation._augment import dsa_augment, released_augment, with_mirrors
 from distillation._checks import check_int, one_hot
 from distillation._models import ConvNet, Norm, conv_net
+from distillation.evaluation._augment import dsa_augment, released_augment, with_mirrors
 
 
 @dataclasses.dataclass(frozen=True)
