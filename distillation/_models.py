@@ -42,6 +42,28 @@ def _normalise(kind: str, x: Array, eps: float = 1e-5) -> Array:
     return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
+def conv2d(x: Array, w: Array, pad: int, stride: int = 1) -> Array:
+    """A 2-D convolution of an NHWC batch with HWIO weights and symmetric zero padding."""
+    if pad > 1:
+        # Zero-pad explicitly down to padding 1: XLA:CPU hands 3×3 convolutions with padding
+        # ≤ 1 to its fast library kernels (YNNPACK) and runs larger paddings (the 28-px MNIST
+        # layer's 3) on its own; 1.5× per step for VIG at width 16
+        # (benchmarks/conv_kernels.py). The barrier stops XLA folding the pad back in.
+        x = jax.lax.optimization_barrier(
+            jnp.pad(x, [(0, 0), (pad - 1, pad - 1), (pad - 1, pad - 1), (0, 0)])
+        )
+        pad = 1
+    return jax.lax.conv_general_dilated(
+        x, w, (stride, stride), [(pad, pad), (pad, pad)], dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def avg_pool2(x: Array) -> Array:
+    """2×2 average pooling with stride 2 (odd trailing rows and columns dropped)."""
+    n, h, wd, c = x.shape
+    return x[:, : h - h % 2, : wd - wd % 2].reshape(n, h // 2, 2, wd // 2, 2, c).mean((2, 4))
+
+
 def _lecun_normal(key, shape, fan_in, dtype):
     return jax.random.normal(key, shape, dtype) * jnp.sqrt(1.0 / fan_in).astype(dtype)
 
@@ -57,22 +79,10 @@ class ConvBody(eqx.Module):
 
     def __call__(self, x: Float[Array, "n h w c"]) -> Float[Array, "n d"]:
         for w, b, pad in zip(self.weights, self.biases, self.paddings, strict=True):
-            if pad > 1:
-                # Zero-pad explicitly down to padding 1: XLA:CPU hands 3×3 convolutions with
-                # padding ≤ 1 to its fast library kernels (YNNPACK) and runs larger paddings
-                # (the 28-px MNIST layer's 3) on its own; 1.5× per step for VIG at width 16
-                # (benchmarks/conv_kernels.py). The barrier stops XLA folding the pad back in.
-                x = jax.lax.optimization_barrier(
-                    jnp.pad(x, [(0, 0), (pad - 1, pad - 1), (pad - 1, pad - 1), (0, 0)])
-                )
-                pad = 1
-            x = jax.lax.conv_general_dilated(
-                x, w, (1, 1), [(pad, pad), (pad, pad)], dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
+            x = conv2d(x, w, pad)
             x = _normalise(self.norm, x + b.reshape(1, 1, 1, -1))
             x = _activation(self.activation, x)
-            n, h, wd, c = x.shape
-            x = x[:, : h - h % 2, : wd - wd % 2].reshape(n, h // 2, 2, wd // 2, 2, c).mean((2, 4))
+            x = avg_pool2(x)
         return x.reshape(x.shape[0], -1)
 
 

@@ -63,6 +63,25 @@ def _decay(text: str) -> float:
     return value
 
 
+ARCHITECTURE_NAMES = ("convnet", "resnet18", "vgg11", "alexnet")
+NORM_NAMES = ("none", "instance", "batch")
+
+
+def _choices_list(allowed: tuple[str, ...], flag: str):
+    """Parse ``a,b,c`` where every item is one of ``allowed`` (order kept, repeats dropped)."""
+
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in allowed]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(
+                f"{flag}: expected a comma-separated list of {', '.join(allowed)}, got {text!r}"
+            )
+        return list(dict.fromkeys(items))
+
+    return parse
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--width",
@@ -136,11 +155,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="training steps (default: 1000 when |S| = 10, else 2000)",
     )
+    e.add_argument(
+        "--arch",
+        type=_choices_list(ARCHITECTURE_NAMES, "--arch"),
+        default=["convnet"],
+        help="network(s) to train, comma-separated: convnet, resnet18, vgg11, alexnet "
+        "(default convnet); several give the cross-architecture table",
+    )
+    e.add_argument(
+        "--norm",
+        type=_choices_list(NORM_NAMES, "--norm"),
+        default=["none"],
+        help="normalisation(s), comma-separated: none, instance, batch (default none)",
+    )
+    e.add_argument(
+        "--definition",
+        choices=("released", "dc"),
+        default="released",
+        help="released: the networks of the authors' models.py (default); dc: DC/DSA's "
+        "networks.py, which MTT and later work use (see docs/distillation.md)",
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument(
         "--json",
         action="store_true",
-        help="print a JSON object (acc_mean, acc_std in percent, accs) as the last line",
+        help="print a JSON object (acc_mean, acc_std in percent, accs) as the last line; "
+        "keyed by 'arch/norm' when several networks are evaluated",
     )
     _add_model_args(e)
 
@@ -642,28 +682,44 @@ def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
         width=args.width or (32 if small else 128),
         depth=args.depth,
         steps=args.steps,
+        definition=args.definition,
     )
-    interrupts.set_phase("evaluating")
-    settings = [(False, config), (True, dataclasses.replace(config, augment=True))]
-    if not args.both:
-        settings = [(args.augment, config)]
-    results = {}
-    for augmented, run_config in settings:
-        result = evaluate_support(
-            distilled.images,
-            distilled.labels,
-            x_test,
-            raw.y_test,
-            run_config,
-            key=jax.random.key(args.seed),
-            flip=distilled.flip,
-            progress=not args.json,
+    networks = [(a, n) for a in args.arch for n in args.norm]
+    if any(a != "convnet" for a, _ in networks) and not 28 <= min(x_test.shape[1:3]) <= 32:
+        raise ValueError(
+            f"--arch {','.join(args.arch)}: ResNet-18, VGG-11 and AlexNet are defined for 28- "
+            f"to 32-px images and {args.dataset} has {x_test.shape[1]}x{x_test.shape[2]}; "
+            "use --arch convnet."
         )
-        style = f", {args.augment_style}" if augmented else ""
-        print(f"{args.file}: test accuracy {result} (augment={augmented}{style})")
-        results["augment" if augmented else "no_augment"] = result.as_dict()
+    interrupts.set_phase("evaluating")
+    augments = [False, True] if args.both else [args.augment]
+    results = {}
+    for arch, norm in networks:
+        for augmented in augments:
+            run_config = dataclasses.replace(config, arch=arch, norm=norm, augment=augmented)
+            if not args.json and len(networks) > 1:
+                print(f"{arch}, norm {norm}, augment={augmented}:", flush=True)
+            result = evaluate_support(
+                distilled.images,
+                distilled.labels,
+                x_test,
+                raw.y_test,
+                run_config,
+                key=jax.random.key(args.seed),
+                flip=distilled.flip,
+                progress=not args.json,
+            )
+            style = f", {args.augment_style}" if augmented else ""
+            where = f"{arch}/{norm}" + (f" ({args.definition})" if arch != "convnet" else "")
+            print(f"{args.file}: {where} test accuracy {result} (augment={augmented}{style})")
+            key = "augment" if augmented else "no_augment"
+            results.setdefault(f"{arch}/{norm}", {})[key] = result.as_dict()
     if args.json:
-        print(json.dumps(results if args.both else next(iter(results.values()))))
+        if len(networks) == 1:
+            results = next(iter(results.values()))
+            if not args.both:
+                results = next(iter(results.values()))
+        print(json.dumps(results))
     return 0
 
 

@@ -1,11 +1,12 @@
 """The paper's evaluation protocol for a distilled set.
 
-Train several fresh ConvNets (ReLU) on the distilled images and their learned labels (plus the
-horizontal mirrors when the set was distilled with the flip strategy): MSE loss
-``½·Σ(f(x) − y)² / (N·K)``, Adam with a 500-step linear warm-up to 1e-4 then cosine decay to
-1% of it, 1000 steps when ``|S| = 10`` else 2000, minibatches of 256 when ``|S| > 256``
-(full batch otherwise); optionally with augmentation (one random transform per image, as the
-released evaluation; or the DSA set composed). Report the mean ± std of the test
+Train several fresh networks (ReLU; the ConvNet, or another architecture of
+:mod:`distillation._architectures` for the cross-architecture study) on the distilled images and
+their learned labels (plus the horizontal mirrors when the set was distilled with the flip
+strategy): MSE loss ``½·Σ(f(x) − y)² / (N·K)``, Adam with a 500-step linear warm-up to 1e-4 then
+cosine decay to 1% of it, 1000 steps when ``|S| = 10`` else 2000, minibatches of 256 when
+``|S| > 256`` (full batch otherwise); optionally with augmentation (one random transform per
+image, as the released evaluation; or the DSA set composed). Report the mean ± std of the test
 accuracy over the models, on the full test set.
 """
 
@@ -15,6 +16,7 @@ import dataclasses
 import functools
 from typing import Literal
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,8 +24,18 @@ import optax
 from jaxtyping import Array
 
 from bilevel import optax_step
+from distillation._architectures import (
+    ARCHITECTURES,
+    DEFINITIONS,
+    NORMS,
+    Arch,
+    Definition,
+    Network,
+    Stats,
+    build_network,
+)
 from distillation._checks import check_int, one_hot
-from distillation._models import ConvNet, Norm, conv_net
+from distillation._models import Norm
 from distillation.evaluation._augment import dsa_augment, released_augment, with_mirrors
 
 
@@ -39,15 +51,21 @@ class EvalConfig:
     (2500 for 1000, 5000 for 2000), as the released ``eval.py`` does (it runs ``steps // 200``
     rounds of 500 steps); after ``steps`` the cosine schedule stays at its floor, 1 % of the peak
     rate. Off by default: 2.5× the evaluation's cost, for steps at 1e-6.
+
+    ``arch``, ``norm``, ``definition``: the network trained (:func:`~distillation.build_network`);
+    ``width`` and ``depth`` apply to the ConvNet only. Batch normalisation trains on batch
+    statistics and tests on running ones.
     """
 
     models: int = 5
     augment: bool = False
     augment_style: Literal["released", "dsa"] = "released"
     released_tail: bool = False
+    arch: Arch = "convnet"
+    norm: Norm = "none"
+    definition: Definition = "released"
     width: int = 128
     depth: int | None = None
-    norm: Norm = "none"
     steps: int | None = None
     learning_rate: float = 1e-4
     warmup: int = 500
@@ -57,6 +75,15 @@ class EvalConfig:
     def __post_init__(self):
         for name in ("models", "width", "batch_size", "test_batch"):
             check_int("EvalConfig", name, getattr(self, name))
+        for name, allowed in (
+            ("arch", ARCHITECTURES),
+            ("norm", NORMS),
+            ("definition", DEFINITIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"EvalConfig: `{name}` must be one of {allowed}, got {getattr(self, name)!r}."
+                )
         if self.augment_style not in ("released", "dsa"):
             raise ValueError(
                 "EvalConfig: `augment_style` must be 'released' or 'dsa', got "
@@ -107,6 +134,16 @@ def _schedule(config: EvalConfig, steps: int):
     )
 
 
+class TrainedModel(eqx.Module):
+    """A trained network with its running statistics; calling it predicts (test mode)."""
+
+    network: Network
+    stats: Stats
+
+    def __call__(self, x: Array) -> Array:
+        return self.network(x, self.stats, train=False)[0]
+
+
 def train_model(
     images: Array,
     labels: Array,
@@ -114,8 +151,8 @@ def train_model(
     *,
     key: Array,
     n_support: int | None = None,
-) -> ConvNet:
-    """Train one fresh ReLU ConvNet on ``(images, labels)`` with the protocol's schedule.
+) -> TrainedModel:
+    """Train one fresh ReLU network on ``(images, labels)`` with the protocol's schedule.
 
     Steps run in jitted chunks of :data:`CHUNK` unrolled steps (compiled once per shape and
     config): XLA on CPU runs convolution weight gradients ~20× slower inside a ``lax.scan`` loop
@@ -125,24 +162,24 @@ def train_model(
     steps = config.train_steps(n if n_support is None else n_support)
     total = config.total_steps(n if n_support is None else n_support)
     k_init, k_train = jax.random.split(key)
-    h, w, c = images.shape[1:]
-    model = conv_net(
-        (h, w, c),
+    network, stats = build_network(
+        config.arch,
+        images.shape[1:],
         k,
         key=k_init,
+        norm=config.norm,
+        definition=config.definition,
         width=config.width,
         depth=config.depth,
-        norm=config.norm,
-        activation="relu",
     )
-    carry = (model, _optimizer(config, steps).init(model))
+    carry = (network, stats, _optimizer(config, steps).init(network))
     keys = jax.random.split(k_train, total)
     whole = total - total % CHUNK
     for start in range(0, whole, CHUNK):
         carry = _run_steps(carry, keys[start : start + CHUNK], images, labels, config, steps)
     for start in range(whole, total):  # the remainder, one at a time
         carry = _run_steps(carry, keys[start : start + 1], images, labels, config, steps)
-    return carry[0]
+    return TrainedModel(carry[0], carry[1])
 
 
 CHUNK = 10
@@ -159,11 +196,12 @@ def _run_steps(carry, keys, images, labels, config: EvalConfig, steps: int):
     grayscale = images.shape[-1] == 1
     optimizer = _optimizer(config, steps)
 
-    def loss_fn(m, x, y):
-        return 0.5 * jnp.sum((m(x) - y) ** 2) / (x.shape[0] * k)
+    def loss_fn(m, stats, x, y):
+        out, stats = m(x, stats, train=True)
+        return 0.5 * jnp.sum((out - y) ** 2) / (x.shape[0] * k), stats
 
     def one_step(carry, step_key):
-        m, state = carry
+        m, stats, state = carry
         k_batch, k_aug = jax.random.split(step_key)
         if batch < n:
             idx = jax.random.choice(k_batch, n, (batch,), replace=False)
@@ -173,18 +211,21 @@ def _run_steps(carry, keys, images, labels, config: EvalConfig, steps: int):
         if config.augment:
             augment = released_augment if config.augment_style == "released" else dsa_augment
             x = augment(x, key=k_aug, grayscale=grayscale)
-        grads = jax.grad(loss_fn)(m, x, y)
-        return optax_step(optimizer, grads, state, m), None
+        grads, stats = jax.grad(loss_fn, has_aux=True)(m, stats, x, y)
+        m, state = optax_step(optimizer, grads, state, m)
+        return (m, stats, state), None
 
     return jax.lax.scan(one_step, carry, keys, unroll=True)[0]
 
 
 @jax.jit
-def _predict(model: ConvNet, x: Array) -> Array:
+def _predict(model: TrainedModel, x: Array) -> Array:
     return jnp.argmax(model(x), -1)
 
 
-def accuracy(model: ConvNet, x_test: np.ndarray, y_test: np.ndarray, batch: int = 1000) -> float:
+def accuracy(
+    model: TrainedModel, x_test: np.ndarray, y_test: np.ndarray, batch: int = 1000
+) -> float:
     """Top-1 accuracy in percent on the whole test set (batched)."""
     correct = 0
     for start in range(0, len(x_test), batch):

@@ -1,0 +1,190 @@
+"""The cross-architecture networks: shapes, parameter counts against the reference definitions,
+batch-norm semantics, one training step, and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ARCHS = ("convnet", "resnet18", "vgg11", "alexnet")
+NORMS = ("none", "instance", "batch")
+
+# Parameter counts for CIFAR-10 (32x32x3, 10 classes), worked out by hand from each reference
+# definition (batch-norm running statistics are buffers, not parameters).
+#
+# DC/DSA networks.py (VICO-UoE/DatasetCondensation); the three with batch norm are the well-known
+# CIFAR counts of kuangliu/pytorch-cifar's ResNet18 and VGG('VGG11'):
+#   ResNet18BN 11,173,962; VGG11BN 9,231,114; AlexNet 1,872,202 (5 convs with biases, fc 3072→10);
+#   ConvNet (width 128, depth 3, instancenorm): 3·128·9+128 + 2·(128·128·9+128) + 3·256 + 2048·10+10
+#   = 320,010.
+DC_COUNTS = {
+    ("resnet18", "batch"): 11_173_962,
+    ("vgg11", "batch"): 9_231_114,
+    ("alexnet", "none"): 1_872_202,
+    ("convnet", "instance"): 320_010,
+}
+# The authors' released models.py (flax), as eval.py builds them:
+#   VGG11: 8 convs of 128 channels with biases + Dense(128→10): 3·128·9+128 + 7·(128²·9+128) + 1290
+#   ResNet18 (blocks without normalisation, flatten 4·4·512): stem 3·64·9, stage convs without
+#   bias, 1x1 shortcuts, Dense(8192→10): 1728 + 147456 + 524288 + 2097152 + 8388608 + 81930;
+#   ConvNet (width 128·2^i): 3·128·9+128 + 128·256·9+256 + 256·512·9+512 + 8192·10+10.
+RELEASED_COUNTS = {
+    ("vgg11", "none"): 3 * 128 * 9 + 128 + 7 * (128 * 128 * 9 + 128) + 128 * 10 + 10,
+    ("resnet18", "none"): 1728 + 147456 + 524288 + 2097152 + 8388608 + 81930,
+    ("resnet18", "batch"): 1728 + 147456 + 524288 + 2097152 + 8388608 + 81930 + 2 * 64,
+    ("convnet", "none"): 3 * 128 * 9
+    + 128
+    + 128 * 256 * 9
+    + 256
+    + 256 * 512 * 9
+    + 512
+    + 8192 * 10
+    + 10,
+    ("alexnet", "none"): 1_872_202,
+}
+
+
+@pytest.mark.parametrize("definition, counts", [("dc", DC_COUNTS), ("released", RELEASED_COUNTS)])
+def test_parameter_counts_match_the_reference_definitions(definition, counts):
+    from distillation._architectures import build_network, parameter_count
+
+    for (arch, norm), expected in counts.items():
+        net, _ = eqx.filter_eval_shape(
+            build_network, arch, (32, 32, 3), 10, key=jax.random.key(0), norm=norm,
+            definition=definition,
+        )  # fmt: skip
+        assert parameter_count(net) == expected, (definition, arch, norm)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("definition", ["released", "dc"])
+def test_shapes_for_mnist_and_cifar_inputs(arch, definition):
+    from distillation._architectures import build_network
+
+    for shape in ((32, 32, 3), (28, 28, 1)):
+        for norm in NORMS:
+            net, stats = eqx.filter_eval_shape(
+                build_network, arch, shape, 7, key=jax.random.key(1), norm=norm,
+                definition=definition,
+            )  # fmt: skip
+            x = jax.ShapeDtypeStruct((3, *shape), jnp.float32)
+            out, new = jax.eval_shape(lambda n, s, x: n(x, s, train=True), net, stats, x)
+            assert out.shape == (3, 7)
+            assert len(stats) == len(new) and (len(stats) > 0) == (norm == "batch")
+
+
+def test_convnet_without_norm_is_the_distillation_convnet():
+    """The evaluation ConvNet draws the weights `conv_net` draws from the same key."""
+    from distillation._architectures import build_network
+    from distillation._models import conv_net
+
+    x = jax.random.normal(jax.random.key(2), (4, 28, 28, 1))
+    old = conv_net((28, 28, 1), 10, key=jax.random.key(3), width=8, activation="relu")
+    new, stats = build_network("convnet", (28, 28, 1), 10, key=jax.random.key(3), width=8)
+    np.testing.assert_array_equal(np.asarray(old(x)), np.asarray(new(x, stats)[0]))
+
+
+def test_batch_norm_running_statistics_and_test_mode():
+    """Training mode updates the running statistics with the definition's momentum; test mode
+    normalises with them (at their initial values, mean 0 and variance 1, a positively
+    homogeneous ReLU ConvNet is the unnormalised one scaled by (1 + eps)^(-depth/2))."""
+    from distillation._architectures import EPS, build_network
+
+    key, x = jax.random.key(4), jax.random.normal(jax.random.key(5), (6, 32, 32, 3))
+    plain, _ = build_network("convnet", (32, 32, 3), 10, key=key, width=8)
+    for definition, batch_weight in (("released", 0.9), ("dc", 0.1)):
+        net, stats = build_network(
+            "convnet", (32, 32, 3), 10, key=key, width=8, norm="batch", definition=definition
+        )
+        first = net.layers[0]  # the first convolution, by hand
+        z = jax.lax.conv_general_dilated(
+            x, first.weight, (1, 1), [(1, 1), (1, 1)], dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        mean, var = jnp.mean(z, (0, 1, 2)), jnp.var(z, (0, 1, 2))
+        _, new = net(x, stats, train=True)
+        tol = dict(rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(new[0][0], batch_weight * mean, **tol)
+        np.testing.assert_allclose(new[0][1], 1 - batch_weight + batch_weight * var, **tol)
+        out, unchanged = net(x, stats, train=False)
+        pairs = zip(unchanged, stats, strict=True)
+        assert all(a is b for pair in pairs for a, b in zip(*pair, strict=True))
+        if definition == "dc":
+            continue
+        expected = (1 + EPS) ** -1.5 * plain(x)[0]
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6 * float(jnp.abs(out).max()))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_one_training_step_lowers_the_loss(arch):
+    """A gradient step of 10 % of the linearised distance to zero loss lowers the loss, and
+    batch norm's running statistics move."""
+    from distillation._architectures import build_network
+
+    x = jax.random.normal(jax.random.key(6), (4, 32, 32, 3))
+    y = jax.nn.one_hot(jnp.arange(4) % 10, 10)
+    norm = "batch" if arch != "alexnet" else "none"
+    net, stats = build_network(arch, (32, 32, 3), 10, key=jax.random.key(7), norm=norm, width=8)
+
+    def loss(m):
+        out, new = m(x, stats, train=True)
+        return 0.5 * jnp.sum((out - y) ** 2) / y.size, new
+
+    (before, new), grads = eqx.filter_jit(jax.value_and_grad(loss, has_aux=True))(net)
+    norm2 = sum(float(jnp.sum(g**2)) for g in jax.tree_util.tree_leaves(grads))
+    assert np.isfinite(norm2) and norm2 > 0
+    t = 0.1 * float(before) / norm2
+    stepped = jax.tree_util.tree_map(lambda p, g: p - t * g, net, grads)
+    after, _ = eqx.filter_jit(loss)(stepped)
+    assert float(after) < float(before) * (1 - 0.01), (float(before), float(after))
+    if norm == "batch":
+        assert any(not np.allclose(a[0], b[0]) for a, b in zip(new, stats, strict=True))
+
+
+def test_bad_architecture_settings_are_refused(unchecked_types):
+    from distillation._architectures import build_network
+    from distillation.evaluation._evaluate import EvalConfig
+
+    with pytest.raises(ValueError, match="arch must be one of"):
+        build_network("resnet50", (32, 32, 3), 10, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="28- to 32-px"):
+        build_network("vgg11", (64, 64, 3), 10, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="`norm` must be one of"):
+        EvalConfig(norm="group")
+    with pytest.raises(ValueError, match="`definition` must be one of"):
+        EvalConfig(definition="mtt")
+
+
+def test_evaluate_several_networks_from_the_command_line(tmp_path, capsys):
+    """`--norm none,batch` trains both; the JSON is keyed by arch/norm; a 32-px-only network on
+    8-px digits is refused with a message naming the flag."""
+    from distillation.cli import main
+    from distillation.data._datasets import load_dataset
+
+    ds = load_dataset("digits")
+    idx = np.concatenate([np.flatnonzero(ds.y_train == c)[:1] for c in range(10)])
+    raw01 = ds.preprocessor.inverse(ds.x_train[idx])
+    np.savez(
+        tmp_path / "s.npz",
+        images=raw01,
+        labels=ds.y_train[idx],
+        mean=np.zeros(1, np.float32),
+        std=np.ones(1, np.float32),
+    )
+    argv = ["evaluate", str(tmp_path / "s.npz"), "--dataset", "digits", "--models", "1"]
+    assert main([*argv, "--steps", "20", "--width", "8", "--norm", "none,batch", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) == {"convnet/none", "convnet/batch"}
+    for entry in result.values():
+        assert set(entry) == {"no_augment"} and 0 <= entry["no_augment"]["acc_mean"] <= 100
+    assert result["convnet/none"] != result["convnet/batch"]
+    assert main([*argv, "--arch", "resnet18"]) == 2
+    err = capsys.readouterr().err
+    assert "--arch resnet18" in err and "8x8" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main([*argv, "--arch", "resnet50"])
+    assert "expected a comma-separated list of convnet" in capsys.readouterr().err
