@@ -15,6 +15,9 @@ Public names (``docs/architecture.md`` shows how they fit together):
   :func:`platt_cross_entropy`, :func:`mean_squared_error`, :class:`ModelPool`,
   :class:`LearningRateTuner`, :func:`classify_trace`, :func:`released_preround`,
   :func:`released_schedule`, :func:`dsa_augment`, :func:`released_augment`.
+* Evaluation networks (the cross-architecture study): :func:`build_network` (ConvNet,
+  ResNet-18, VGG-11, AlexNet; none/instance/batch norm; released or DC definitions),
+  :class:`Network`, :func:`parameter_count`.
 * The step: :class:`DistillConfig`, :class:`Distiller` (``init`` / ``next_batch`` / ``step``),
   :class:`DistillState`, :func:`init_support`, :func:`meta_optimizer`, :func:`ema_support`,
   :func:`epoch_batch`, :func:`data_parallel_mesh`, :func:`shard_state`.
@@ -45,6 +48,7 @@ from distillation._algorithms import (
     rig,
     vig,
 )
+from distillation._architectures import Network, build_network, parameter_count
 from distillation._checkpoint import RunFailed
 from distillation._distill import (
     DistillConfig,
@@ -129,6 +133,7 @@ __all__ = [
     "LearningRateTuner",
     "LinearizedNetwork",
     "ModelPool",
+    "Network",
     "Partitioned",
     "Preprocessor",
     "PrivacyRow",
@@ -142,6 +147,7 @@ __all__ = [
     "cig",
     "classify_trace",
     "clip_to_direct",
+    "build_network",
     "closed_form_head",
     "compose",
     "conv_net",
@@ -164,6 +170,7 @@ __all__ = [
     "mean_squared_error",
     "meta_loss",
     "meta_optimizer",
+    "parameter_count",
     "platt_cross_entropy",
     "privacy_evaluation",
     "random_subset",

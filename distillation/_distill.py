@@ -65,6 +65,16 @@ from distillation.evaluation._augment import with_mirrors
 LrTuning = Literal["released", "probe", "none"]
 
 
+BATCH_NORM_REFUSAL = (
+    "distilling with norm='batch' is not supported: the released RCIG (BN) normalises the inner "
+    "and outer problems with each pool model's running statistics (updated only while the pool "
+    "trains), which the model pool here does not keep, and normalising with each forward pass's "
+    "own batch would make the result depend on how the support set is chunked. Distil with "
+    "'none' (the paper's default) and evaluate on batch-normalised networks with "
+    "`rcig evaluate --norm batch`."
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """Settings of a distillation run (parsed at the entry point; typed all the way down).
@@ -88,6 +98,9 @@ class DistillConfig:
             fixed rates.
         ema_decay: the result (exported, evaluated) is the bias-corrected exponential moving
             average of the support set with this decay; 0: the last iterate.
+        norm: the distillation ConvNet's normalisation, ``"none"`` (the paper's) or
+            ``"instance"``; ``"batch"`` (the paper's RCIG (BN) row) is refused with the reason
+            (see :data:`BATCH_NORM_REFUSAL`).
         inner_count_from_pool: the inner optimizer's step counter starts at the pool model's
             age (its training steps so far): the released code's inner solve continues the pool
             model's optimizer state, whose counter Adam's bias correction reads (its moments
@@ -160,6 +173,8 @@ class DistillConfig:
             raise ValueError(
                 f"DistillConfig: `l2_per_image` must be >= 0, got {self.l2_per_image!r}."
             )
+        if self.norm == "batch":
+            raise ValueError(BATCH_NORM_REFUSAL)
         if self.n_subset is not None and self.n_subset < 1:
             raise ValueError(
                 f"DistillConfig: `n_subset` must be None or >= 1, got {self.n_subset!r}."

@@ -201,6 +201,7 @@ def test_random_baseline_and_ablation_table(tmp_path):
         (["distill", "--dataset", "no_such_set"], "unknown dataset 'no_such_set'"),
         (["distill", "--ipc", "1000", "--steps", "1", "--no-progress"], "ipc=1000"),
         (["ablate", "--methods", "rcig,magic"], "unknown ['magic']"),
+        (["distill", "--norm", "batch"], "running statistics"),
     ],
 )
 def test_bad_input_gives_clear_error(argv, message, capsys):

@@ -349,6 +349,13 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
     )
     p.add_argument("--float64-solve", action="store_true", help="|S|×|S| solve in float64")
     p.add_argument(
+        "--norm",
+        choices=("none", "batch"),
+        default="none",
+        help="normalisation of the distillation ConvNet: none (the paper's default); batch "
+        "(the paper's RCIG (BN) row) is refused with the reason",
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=_positive_int,
         default=100,
@@ -1007,6 +1014,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.command not in commands:
         parser.print_help()
+        return 2
+    if args.command in ("distill", "ablate", "sweep") and args.norm == "batch":
+        from distillation._distill import BATCH_NORM_REFUSAL
+
+        print(f"rcig: error: --norm batch: {BATCH_NORM_REFUSAL}", file=sys.stderr)
         return 2
     from distillation._checkpoint import RunFailed
     from distillation._loop import Interrupted
