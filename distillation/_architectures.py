@@ -289,8 +289,11 @@ def build_network(
         norm: ``"none"``, ``"instance"`` or ``"batch"``.
         definition: ``"released"`` (the authors' released models, the default) or ``"dc"``
             (DC/DSA's ``networks.py``); see the module docstring for the differences.
-        width, depth: the ConvNet's (ignored by the other architectures). With ``norm="none"``
-            the ConvNet has the weights :func:`~distillation.conv_net` draws from the same key.
+        width: the ConvNet's first-block width (ignored by the other architectures). With
+            ``norm="none"`` the ConvNet has the weights :func:`~distillation.conv_net` draws
+            from the same key.
+        depth: the ConvNet's number of blocks (``None``: from the image size).
+        dtype: parameter dtype.
 
     Example:
         >>> import jax
