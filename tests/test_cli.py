@@ -339,3 +339,22 @@ def test_sweep_refuses_bad_step_lists(capsys):
     assert "--inner-steps must be comma-separated integers >= 0" in capsys.readouterr().err
     assert main(["sweep", "--n-inner", "3"]) == 2
     assert "use --inner-steps and --hessian-steps" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_image_size_resizes_the_dataset_and_evaluation_follows_the_set(tmp_path, capsys):
+    """`--image-size 12` distils 12-px digits (recorded in the export); `rcig evaluate` resizes
+    the test images to the set's own size without being told."""
+    out = tmp_path / "run"
+    argv = ["distill", "--steps", "2", "--eval-models", "0", "--image-size", "12", "--out"]
+    assert main([*argv, str(out), *TINY]) == 0
+    exported = load_distilled(out / "distilled.npz")
+    assert exported.images.shape == (10, 12, 12, 1) and exported.config["image_size"] == 12
+    capsys.readouterr()
+    argv = ["evaluate", str(out / "distilled.npz"), "--dataset", "digits", "--models", "1"]
+    assert main([*argv, "--steps", "5", "--width", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(result["accs"]) == 1 and 0 <= result["acc_mean"] <= 100
+    # A size the set was not distilled at is reported with both shapes.
+    assert main([*argv, "--image-size", "16"]) == 2
+    assert "(12, 12, 1)" in capsys.readouterr().err

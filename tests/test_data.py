@@ -51,8 +51,8 @@ def _make_idx(folder: Path, n_train=30, n_test=10):
     return folder
 
 
-def _make_imagefolder(root: Path, sizes=None, classes=("cat", "dog", "eel")):
-    for split, n in (("train", 4), ("test", 2)):
+def _make_imagefolder(root: Path, sizes=None, classes=("cat", "dog", "eel"), test="test"):
+    for split, n in (("train", 4), (test, 2)):
         for c_i, cls in enumerate(classes):
             d = root / split / cls
             d.mkdir(parents=True)
@@ -202,8 +202,80 @@ def test_missing_split(tmp_path):
 
 
 def test_mixed_image_sizes(tmp_path):
-    with pytest.raises(ValueError, match="mixed sizes"):
+    with pytest.raises(ValueError, match="mixed sizes.*--image-size"):
         load_dataset(str(_make_imagefolder(tmp_path / "mixed", sizes=(8, 9))))
+
+
+def test_mixed_sizes_resized_to_image_size(tmp_path):
+    """With `image_size` every image is centre-cropped to a square and area-resized: a 12x8 image
+    keeps its middle 8x8, which becomes 4x4 block means."""
+    root = _make_imagefolder(tmp_path / "mixed", sizes=(8, 9, 12))
+    raw = load_raw(str(root), image_size=4)
+    assert raw.x_train.shape == (12, 4, 4, 3) and raw.x_test.shape == (6, 4, 4, 3)
+    assert raw.x_train.min() >= 0 and raw.x_train.max() <= 1
+    from distillation.data._datasets import resize_images
+
+    image = np.random.default_rng(0).random((12, 8, 3)).astype(np.float32)  # H=12, W=8
+    middle = image[2:10]
+    expected = middle.reshape(4, 2, 4, 2, 3).mean((1, 3))
+    np.testing.assert_allclose(resize_images(image[None], 4)[0], expected, rtol=1e-5, atol=1e-6)
+    # Array sources are resized too: the 8x8 digits at 16 px, constant images stay constant.
+    assert load_raw("digits", image_size=16).x_train.shape[1:] == (16, 16, 1)
+    np.testing.assert_allclose(resize_images(np.full((1, 5, 7, 1), 0.25, np.float32), 3), 0.25)
+    with pytest.raises(ValueError, match="image_size must be None or an integer >= 2, got 1"):
+        load_raw("digits", image_size=1)
+
+
+@pytest.mark.parametrize("name", ["val", "valid", "validation"])
+def test_validation_split_serves_as_the_test_split(tmp_path, name):
+    raw = load_raw(str(_make_imagefolder(tmp_path / "f", test=name)))
+    assert raw.x_test.shape == (6, 8, 8, 3) and raw.class_names == ("cat", "dog", "eel")
+
+
+def test_hub_split_names_are_mapped():
+    import datasets
+
+    from distillation.data._datasets import _from_dataset_dict, test_split_name
+
+    assert test_split_name(["train", "valid"]) == "valid"
+    assert test_split_name(["train", "validation", "test"]) == "test"
+    assert test_split_name(["train"]) is None
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+    )
+
+    def split(n, size):
+        imgs = [Image.fromarray(a) for a in _images(n, size, 3)]
+        return datasets.Dataset.from_dict(
+            {"image": imgs, "label": [i % 2 for i in range(n)]}, features=features
+        )
+
+    dsd = datasets.DatasetDict({"train": split(4, 8), "valid": split(2, 8)})
+    raw = _from_dataset_dict(dsd, "zh-plus/tiny-imagenet")
+    assert raw.x_test.shape == (2, 8, 8, 3)
+    with pytest.raises(ValueError, match=r"missing split 'test' \(found \['train'\]"):
+        _from_dataset_dict(datasets.DatasetDict({"train": split(4, 8)}), "x")
+
+
+def test_the_papers_datasets_by_name(monkeypatch):
+    """Known names map to hub ids (and configurations); the mixed-size ones default to 128 px."""
+    from distillation.data import _datasets
+
+    calls = []
+
+    def fake_hub(hub_id, image_size, config=None):
+        calls.append((hub_id, image_size, config))
+        return _datasets._load_digits()
+
+    monkeypatch.setattr(_datasets, "_load_hub", fake_hub)
+    for name in ("tiny_imagenet", "imagenette", "cub200", "imagenet-1k"):
+        load_raw(name)
+    assert calls == [
+        ("zh-plus/tiny-imagenet", None, None),
+        ("frgfm/imagenette", 128, "320px"),
+        ("bentrevett/caltech-ucsd-birds-200-2011", 128, None),
+        ("benjamin-paine/imagenet-1k-64x64", None, None),
+    ]
 
 
 def test_non_integer_labels(tmp_path):

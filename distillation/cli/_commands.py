@@ -82,6 +82,15 @@ def _choices_list(allowed: tuple[str, ...], flag: str):
     return parse
 
 
+def _add_image_size(p: argparse.ArgumentParser, default_help: str) -> None:
+    p.add_argument(
+        "--image-size",
+        type=_int_at_least(2, "an image size"),
+        default=None,
+        help="centre-crop and resize every image to N x N pixels (area averaging); " + default_help,
+    )
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--width",
@@ -183,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         "keyed by 'arch/norm' when several networks are evaluated",
     )
     _add_model_args(e)
+    _add_image_size(e, "default: the distilled set's own size")
 
     pv = sub.add_parser(
         "privacy",
@@ -190,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pv.add_argument("file", type=Path, help="a distilled-set .npz (export format)")
     pv.add_argument("--dataset", required=True, help="the dataset it was distilled from")
+    _add_image_size(pv, "default: the distilled set's own size")
     pv.add_argument(
         "--chunk",
         type=_positive_int,
@@ -265,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
+    _add_image_size(
+        p, "default: the dataset's own size (128 for cub200, imagenette, imagewoof, as the paper)"
+    )
     p.add_argument(
         "--dataset",
         default="digits",
@@ -412,10 +426,15 @@ class RunSettings:
     pool_steps: int
     ema: float
     float64_solve: bool
+    image_size: int | None = None
 
     def record(self) -> dict[str, Any]:
-        """The settings as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
+        """The settings as a JSON-serialisable dict (``image_size`` only when set, so that runs
+        from before the option resume)."""
+        record = dataclasses.asdict(self)
+        if record["image_size"] is None:
+            del record["image_size"]
+        return record
 
     def fingerprint(self) -> str:
         text = json.dumps(self.record(), sort_keys=True)
@@ -499,6 +518,7 @@ def _resolve(args, dataset, method: str, seed: int) -> RunSettings:
         pool_steps=args.pool_steps,
         ema=args.ema,
         float64_solve=args.float64_solve,
+        image_size=args.image_size,
     )
 
 
@@ -666,7 +686,7 @@ def cmd_distill(args, interrupts: InterruptGuard) -> int:
             else None
         )
         interrupts.set_phase("loading the data", kept)
-        dataset = load_dataset(args.dataset)
+        dataset = load_dataset(args.dataset, image_size=args.image_size)
         small = _is_small(dataset)
         eval_models = args.eval_models if args.eval_models is not None else (3 if small else 5)
         run_one(args, dataset, args.method, args.seed, out, args.resume, eval_models, interrupts)
@@ -737,7 +757,11 @@ def _distilled_and_dataset(args):
     from distillation.data._export import load_distilled
 
     distilled = load_distilled(args.file)
-    raw = load_raw(args.dataset)
+    h, w = distilled.images.shape[1:3]
+    # The set's own size by default: a no-op for a dataset of that size, the resize it was
+    # distilled at for one of another or of mixed sizes.
+    size = args.image_size if args.image_size is not None else (h if h == w else None)
+    raw = load_raw(args.dataset, image_size=size)
     if distilled.num_classes != len(raw.class_names):
         raise ValueError(
             f"{args.file} has {distilled.num_classes} classes but {args.dataset!r} has "
@@ -856,7 +880,7 @@ def cmd_ablate(args, interrupts: InterruptGuard) -> int:
     out = args.out or Path("runs") / f"ablate-{name}-ipc{args.ipc}"
     check_writable(out)  # before any data is loaded or anything compiled
     interrupts.set_phase("loading the data")
-    dataset = load_dataset(args.dataset)
+    dataset = load_dataset(args.dataset, image_size=args.image_size)
     small = _is_small(dataset)
     eval_models = args.eval_models if args.eval_models is not None else (3 if small else 5)
     rows = {}
@@ -942,7 +966,7 @@ def cmd_sweep(args, interrupts: InterruptGuard) -> int:
     out = args.out or Path("runs") / f"sweep-{name}-{args.method}-ipc{args.ipc}-seed{args.seed}"
     check_writable(out)  # before any data is loaded or anything compiled
     interrupts.set_phase("loading the data")
-    dataset = load_dataset(args.dataset)
+    dataset = load_dataset(args.dataset, image_size=args.image_size)
     eval_models = args.eval_models if args.eval_models is not None else 1
     record_path = out / "sweep.json"
     record = _read_json(record_path)

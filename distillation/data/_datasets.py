@@ -3,12 +3,21 @@
 ``load_dataset(name_or_path)`` accepts
 
 * a known name: ``digits`` (scikit-learn's bundled 8×8 digits, the offline default), ``mnist``,
-  ``fashion_mnist``, ``cifar10``, ``cifar100`` (mapped to their Hugging Face hub ids);
+  ``fashion_mnist``, ``cifar10``, ``cifar100``, and the paper's larger sets ``tiny_imagenet``
+  (64 px, 200 classes), ``cub200``, ``imagenette``, ``imagewoof`` (mixed sizes, resized to 128 px
+  unless ``image_size`` says otherwise) and ``imagenet-1k`` (64 px), mapped to Hugging Face hub
+  ids (:data:`KNOWN_HUB_IDS`);
 * any Hugging Face hub id (``owner/name``), loaded with ``datasets.load_dataset``;
 * a local path: a folder of IDX files (MNIST's original format, optionally gzipped), an
   ImageFolder tree ``{train,test}/<class>/<image>`` (``datasets``' imagefolder builder), parquet
   files in the hub's schema (``datasets``' parquet builder; files named with ``train`` and
   ``test``), or an ``.npz`` with ``x_train, y_train, x_test, y_test``.
+
+The test split is the one named ``test``, else ``validation``, ``valid`` or ``val`` (hub copies of
+Tiny-ImageNet and ImageNette have no ``test``); ImageFolder trees and parquet files are matched
+the same way. With ``image_size`` every image is centre-cropped to a square and resized to
+``image_size`` px with area averaging (PIL's box filter), as the released code prepares ImageNette;
+without it, images of mixed sizes are an error naming the option.
 
 Images become float32 ``(N, H, W, C)`` in model-input space: per-channel standardisation with the
 training split's statistics, then (for RGB, by default) ZCA whitening with strength 0.1 computed
@@ -33,8 +42,18 @@ KNOWN_HUB_IDS = {
     "fashion_mnist": "zalando-datasets/fashion_mnist",
     "cifar10": "uoft-cs/cifar10",
     "cifar100": "uoft-cs/cifar100",
+    "tiny_imagenet": "zh-plus/tiny-imagenet",
+    "cub200": "bentrevett/caltech-ucsd-birds-200-2011",
+    "imagenette": "frgfm/imagenette",
+    "imagewoof": "frgfm/imagewoof",
+    "imagenet-1k": "benjamin-paine/imagenet-1k-64x64",
 }
+# Hub configurations to load (the others have one), and the image size the paper uses for the
+# sets whose images come in mixed sizes.
+HUB_CONFIGS = {"imagenette": "320px", "imagewoof": "320px"}
+DEFAULT_IMAGE_SIZE = {"cub200": 128, "imagenette": 128, "imagewoof": 128}
 KNOWN_NAMES = ("digits", *KNOWN_HUB_IDS)
+TEST_SPLITS = ("test", "validation", "valid", "val")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +160,7 @@ def load_dataset(
     *,
     zca: bool | None = None,
     zca_strength: float = 0.1,
+    image_size: int | None = None,
 ) -> ImageDataset:
     """Load, check and preprocess a dataset (see the module docstring for what is accepted).
 
@@ -148,12 +168,15 @@ def load_dataset(
         name_or_path: a known name, a hub id, or a local path.
         zca: ZCA-whiten; ``None`` means yes for RGB, no for grayscale (the paper's choice).
         zca_strength: the regularisation of the whitening (0.1 in the paper).
+        image_size: centre-crop to a square and resize every image to this many pixels
+            (``None``: keep the sizes, which must then agree; the known mixed-size sets default
+            to the paper's 128).
 
     Raises:
         ValueError: unknown dataset, missing split, mixed image sizes, non-integer labels,
             NaN in the data, and the other checks of :func:`load_raw`.
     """
-    raw = load_raw(name_or_path)
+    raw = load_raw(name_or_path, image_size=image_size)
     use_zca = (raw.x_train.shape[-1] == 3) if zca is None else zca
     pre = fit_preprocessor(raw.x_train, use_zca, zca_strength)
     return ImageDataset(
@@ -167,7 +190,7 @@ def load_dataset(
     )
 
 
-def load_raw(name_or_path: str) -> RawSplits:
+def load_raw(name_or_path: str, *, image_size: int | None = None) -> RawSplits:
     """Images in ``[0, 1]`` and integer labels, without preprocessing, checked at the boundary.
 
     Raises:
@@ -179,21 +202,60 @@ def load_raw(name_or_path: str) -> RawSplits:
     """
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ValueError(f"dataset must be a non-empty string, got {name_or_path!r}.")
-    raw = _load_source(name_or_path)
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 2
+    ):
+        raise ValueError(f"image_size must be None or an integer >= 2, got {image_size!r}.")
+    if image_size is None:
+        image_size = DEFAULT_IMAGE_SIZE.get(name_or_path)
+    raw = _load_source(name_or_path, image_size)
+    if image_size is not None and raw.x_train.shape[1:3] != (image_size, image_size):
+        raw = dataclasses.replace(  # array sources (digits, IDX, .npz) arrive at their own size
+            raw,
+            x_train=resize_images(raw.x_train, image_size),
+            x_test=resize_images(raw.x_test, image_size),
+        )
     _check_raw(raw, name_or_path)
     return raw
 
 
-def _load_source(name_or_path: str) -> RawSplits:
+def resize_images(images01: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop ``(N, H, W, C)`` images in ``[0, 1]`` to a square and resize them to
+    ``size × size`` by area averaging (PIL's box filter), channel by channel in float32."""
+    return np.stack([_resize(image, size) for image in np.asarray(images01, np.float32)])
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    image = image[top : top + side, left : left + side]
+    if side == size:
+        return image.astype(np.float32)
+    channels = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(image[..., c], np.float32), mode="F").resize(
+                (size, size), Image.Resampling.BOX
+            )
+        )
+        for c in range(image.shape[-1])
+    ]
+    return np.clip(np.stack(channels, -1), 0.0, 1.0)
+
+
+def _load_source(name_or_path: str, image_size: int | None) -> RawSplits:
     if name_or_path == "digits":
         return _load_digits()
     path = Path(name_or_path).expanduser()
     if path.exists():
-        return _load_local(path)
+        return _load_local(path, image_size)
     if name_or_path in KNOWN_HUB_IDS:
-        return _load_hub(KNOWN_HUB_IDS[name_or_path])
+        hub_id = KNOWN_HUB_IDS[name_or_path]
+        return _load_hub(hub_id, image_size, HUB_CONFIGS.get(name_or_path))
     if "/" in name_or_path and not name_or_path.startswith((".", "/", "~")):
-        return _load_hub(name_or_path)
+        return _load_hub(name_or_path, image_size)
     raise ValueError(
         f"unknown dataset {name_or_path!r}: expected one of {', '.join(KNOWN_NAMES)}, a Hugging "
         "Face hub id (owner/name), or an existing local path (IDX folder, ImageFolder tree, "
@@ -218,7 +280,7 @@ def _load_digits() -> RawSplits:
     )
 
 
-def _load_local(path: Path) -> RawSplits:
+def _load_local(path: Path, image_size: int | None) -> RawSplits:
     if path.is_file() and path.suffix == ".npz":
         return _load_npz(path)
     if path.is_file() and path.suffix == ".parquet":
@@ -232,9 +294,9 @@ def _load_local(path: Path) -> RawSplits:
             return _load_idx(path)
         parquet = sorted(path.rglob("*.parquet"))
         if parquet:
-            return _load_parquet(parquet, path)
+            return _load_parquet(parquet, path, image_size)
         if (path / "train").is_dir():
-            return _load_imagefolder(path)
+            return _load_imagefolder(path, image_size)
     raise ValueError(
         f"{path}: not a dataset this loader knows: expected an .npz file, a folder of IDX files, "
         "a folder of parquet files, or an ImageFolder tree with train/ and test/ folders."
@@ -428,7 +490,7 @@ def _offline_requested() -> bool:
     )
 
 
-def _load_hub(hub_id: str) -> RawSplits:
+def _load_hub(hub_id: str, image_size: int | None, config: str | None = None) -> RawSplits:
     # With offline mode requested, datasets reads its cache only (fast); otherwise a hub that
     # cannot be reached is reported at once instead of after datasets' retries.
     reason = None if _offline_requested() else _hub_unreachable_reason()
@@ -441,25 +503,28 @@ def _load_hub(hub_id: str) -> RawSplits:
     import datasets
 
     try:
-        dsd = datasets.load_dataset(hub_id)
+        dsd = datasets.load_dataset(hub_id, config)
     except Exception as exc:  # network, auth, missing repo: say which and how to go offline
         raise ValueError(
             f"could not load {hub_id!r} from the Hugging Face hub ({type(exc).__name__}: "
             f"{str(exc)[:200]}). Without network access, pass a local copy instead (an IDX "
             "folder, ImageFolder tree, parquet files or .npz)."
         ) from exc
-    return _from_dataset_dict(dsd, hub_id)
+    return _from_dataset_dict(dsd, hub_id, image_size)
 
 
-def _load_imagefolder(path: Path) -> RawSplits:
+def _load_imagefolder(path: Path, image_size: int | None) -> RawSplits:
     import datasets
     from PIL import Image
 
     extensions = {e.lower() for e in Image.registered_extensions()}
-    for split in ("train", "test"):
+    test = next((name for name in TEST_SPLITS if (path / name).is_dir()), None)
+    if test is None:
+        raise ValueError(
+            f"{path}: missing split 'test': no folder named {', '.join(TEST_SPLITS)} beside train/."
+        )
+    for split in ("train", test):
         folder = path / split
-        if not folder.is_dir():
-            raise ValueError(f"{path}: missing split {split!r}: no folder {folder}.")
         if not any(p.is_file() and p.suffix.lower() in extensions for p in folder.rglob("*")):
             raise ValueError(
                 f"{folder}: no image files; expected {folder}/<class>/<image> (PNG, JPEG, ...)."
@@ -470,22 +535,23 @@ def _load_imagefolder(path: Path) -> RawSplits:
             f"{path / 'train'}: holds {len(classes)} class folder(s) {classes}; a classifier "
             "needs at least two classes (one folder per class)."
         )
+    files = {"train": str(path / "train" / "**"), "test": str(path / test / "**")}
     try:
-        dsd = datasets.load_dataset("imagefolder", data_dir=str(path))
+        dsd = datasets.load_dataset("imagefolder", data_files=files)
     except Exception as exc:  # datasets' own errors name its internals, not the user's folder
         raise ValueError(
             f"{path}: not a readable ImageFolder tree ({type(exc).__name__}: {str(exc)[:200]})."
         ) from None
-    return _from_dataset_dict(dsd, str(path))
+    return _from_dataset_dict(dsd, str(path), image_size)
 
 
-def _load_parquet(files: list[Path], root: Path) -> RawSplits:
+def _load_parquet(files: list[Path], root: Path, image_size: int | None) -> RawSplits:
     import datasets
 
     data_files = {}
-    for split in ("train", "test"):
+    for split in ("train", *TEST_SPLITS):
         chosen = [str(p) for p in files if split in p.name or split in p.parent.name]
-        if chosen:
+        if chosen and not (split == "val" and "validation" in data_files):
             data_files[split] = chosen
     if "train" not in data_files:
         raise ValueError(f"{root}: missing split 'train': no parquet file named with 'train'.")
@@ -495,19 +561,29 @@ def _load_parquet(files: list[Path], root: Path) -> RawSplits:
         raise ValueError(
             f"{root}: unreadable parquet files ({type(exc).__name__}: {str(exc)[:200]})."
         ) from None
-    return _from_dataset_dict(dsd, str(root))
+    return _from_dataset_dict(dsd, str(root), image_size)
 
 
-def _from_dataset_dict(dsd, where: str) -> RawSplits:
+def test_split_name(splits) -> str | None:
+    """The split that serves as the test set: ``test``, else ``validation``, ``valid``, ``val``."""
+    return next((name for name in TEST_SPLITS if name in splits), None)
+
+
+def _from_dataset_dict(dsd, where: str, image_size: int | None = None) -> RawSplits:
     splits = list(dsd.keys())
-    for split in ("train", "test"):
-        if split not in dsd:
-            raise ValueError(f"{where}: missing split {split!r} (found {splits}).")
-    train, test = dsd["train"], dsd["test"]
+    test_name = test_split_name(splits)
+    if "train" not in dsd:
+        raise ValueError(f"{where}: missing split 'train' (found {splits}).")
+    if test_name is None:
+        raise ValueError(
+            f"{where}: missing split 'test' (found {splits}; a split named "
+            f"{', '.join(TEST_SPLITS)} is used as the test set)."
+        )
+    train, test = dsd["train"], dsd[test_name]
     image_col, label_col = _columns(train, where)
     class_names = _class_names(train, label_col)
-    x_tr = _images(_undecoded(train, image_col), f"{where}:train")
-    x_te = _images(_undecoded(test, image_col), f"{where}:test")
+    x_tr = _images(_undecoded(train, image_col), f"{where}:train", image_size)
+    x_te = _images(_undecoded(test, image_col), f"{where}:{test_name}", image_size)
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise ValueError(
             f"{where}: train images are {x_tr.shape[1:]} but test images are {x_te.shape[1:]}; "
@@ -578,27 +654,30 @@ def _decode(item, where: str, index: int) -> np.ndarray:
     return array
 
 
-def _images(column, where: str) -> np.ndarray:
+def _images(column, where: str, image_size: int | None = None) -> np.ndarray:
     arrays = [_decode(item, where, i) for i, item in enumerate(column)]
     if not arrays:
         raise ValueError(f"{where}: no images.")
     shapes = {a.shape[:2] for a in arrays}
-    if len(shapes) > 1:
+    if len(shapes) > 1 and image_size is None:
         raise ValueError(
-            f"{where}: images of mixed sizes {sorted(shapes)[:5]}; all images must have the same "
-            "height and width (resize them first)."
+            f"{where}: images of mixed sizes {sorted(shapes)[:5]}; give an image size "
+            "(`--image-size N`, `load_dataset(..., image_size=N)`) to centre-crop and resize "
+            "them all to N x N."
         )
     channels = {a.shape[2] if a.ndim == 3 else 1 for a in arrays}
     n_channels = 3 if 3 in channels or 4 in channels else 1
-    out = np.empty((len(arrays), *next(iter(shapes)), n_channels), np.float32)
+    size = next(iter(shapes)) if image_size is None else (image_size, image_size)
+    out = np.empty((len(arrays), *size, n_channels), np.float32)
     for i, a in enumerate(arrays):
         if a.ndim == 2:
             a = a[..., None]
         a = a[..., :3] if a.shape[2] == 4 else a
         if a.shape[2] != n_channels:
             a = np.repeat(a, n_channels, axis=2)
-        out[i] = a
-    return out / 255.0
+        a = a / np.float32(255.0)
+        out[i] = a if a.shape[:2] == size else _resize(a, image_size)
+    return out
 
 
 def _check_raw(raw: RawSplits, where: str) -> None:
