@@ -280,6 +280,13 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
         p, "default: the dataset's own size (128 for cub200, imagenette, imagewoof, as the paper)"
     )
     p.add_argument(
+        "--zca-block",
+        type=_positive_int,
+        default=None,
+        help="whiten in N x N-pixel blocks sharing one matrix (default: dense ZCA up to 64 px, "
+        "64-px blocks above, as the released code; the export stores the block's matrix)",
+    )
+    p.add_argument(
         "--dataset",
         default="digits",
         help="known name (digits, mnist, fashion_mnist, cifar10, cifar100), hub id, or "
@@ -427,13 +434,15 @@ class RunSettings:
     ema: float
     float64_solve: bool
     image_size: int | None = None
+    zca_block: int | None = None
 
     def record(self) -> dict[str, Any]:
-        """The settings as a JSON-serialisable dict (``image_size`` only when set, so that runs
-        from before the option resume)."""
+        """The settings as a JSON-serialisable dict (``image_size`` and ``zca_block`` only when
+        set, so that runs from before these options resume)."""
         record = dataclasses.asdict(self)
-        if record["image_size"] is None:
-            del record["image_size"]
+        for optional in ("image_size", "zca_block"):
+            if record[optional] is None:
+                del record[optional]
         return record
 
     def fingerprint(self) -> str:
@@ -519,6 +528,7 @@ def _resolve(args, dataset, method: str, seed: int) -> RunSettings:
         ema=args.ema,
         float64_solve=args.float64_solve,
         image_size=args.image_size,
+        zca_block=args.zca_block,
     )
 
 
@@ -686,7 +696,7 @@ def cmd_distill(args, interrupts: InterruptGuard) -> int:
             else None
         )
         interrupts.set_phase("loading the data", kept)
-        dataset = load_dataset(args.dataset, image_size=args.image_size)
+        dataset = load_dataset(args.dataset, image_size=args.image_size, zca_block=args.zca_block)
         small = _is_small(dataset)
         eval_models = args.eval_models if args.eval_models is not None else (3 if small else 5)
         run_one(args, dataset, args.method, args.seed, out, args.resume, eval_models, interrupts)
@@ -880,7 +890,7 @@ def cmd_ablate(args, interrupts: InterruptGuard) -> int:
     out = args.out or Path("runs") / f"ablate-{name}-ipc{args.ipc}"
     check_writable(out)  # before any data is loaded or anything compiled
     interrupts.set_phase("loading the data")
-    dataset = load_dataset(args.dataset, image_size=args.image_size)
+    dataset = load_dataset(args.dataset, image_size=args.image_size, zca_block=args.zca_block)
     small = _is_small(dataset)
     eval_models = args.eval_models if args.eval_models is not None else (3 if small else 5)
     rows = {}
@@ -966,7 +976,7 @@ def cmd_sweep(args, interrupts: InterruptGuard) -> int:
     out = args.out or Path("runs") / f"sweep-{name}-{args.method}-ipc{args.ipc}-seed{args.seed}"
     check_writable(out)  # before any data is loaded or anything compiled
     interrupts.set_phase("loading the data")
-    dataset = load_dataset(args.dataset, image_size=args.image_size)
+    dataset = load_dataset(args.dataset, image_size=args.image_size, zca_block=args.zca_block)
     eval_models = args.eval_models if args.eval_models is not None else 1
     record_path = out / "sweep.json"
     record = _read_json(record_path)

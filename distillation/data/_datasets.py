@@ -21,7 +21,11 @@ without it, images of mixed sizes are an error naming the option.
 
 Images become float32 ``(N, H, W, C)`` in model-input space: per-channel standardisation with the
 training split's statistics, then (for RGB, by default) ZCA whitening with strength 0.1 computed
-on the training split, as in the paper. The :class:`Preprocessor` keeps both transforms and their
+on the training split, as in the paper. Up to 64 px the whitening is one dense ``D × D`` matrix;
+larger images are whitened in ``64 × 64`` blocks that share one matrix (the released code's
+ImageNette/ImageWoof preprocessing: a checkerboard of blocks, ``x[i::s, j::s]``, with the block
+covariances averaged), so the matrix does not grow with the image; ``zca_block`` chooses the
+block side at any size. The :class:`Preprocessor` keeps both transforms and their
 inverse so a distilled set can be exported and viewed.
 """
 
@@ -33,6 +37,7 @@ import io
 import os
 import zipfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -54,6 +59,9 @@ HUB_CONFIGS = {"imagenette": "320px", "imagewoof": "320px"}
 DEFAULT_IMAGE_SIZE = {"cub200": 128, "imagenette": 128, "imagewoof": 128}
 KNOWN_NAMES = ("digits", *KNOWN_HUB_IDS)
 TEST_SPLITS = ("test", "validation", "valid", "val")
+ZcaLayout = Literal["checkerboard", "tiles"]
+ZCA_LAYOUTS = ("checkerboard", "tiles")
+DENSE_ZCA_UP_TO = 64  # px; above, block ZCA with 64-px blocks (the released code at 128 px)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,27 +75,63 @@ class RawSplits:
     class_names: tuple[str, ...]
 
 
+def to_blocks(x: np.ndarray, block: int, layout: str = "checkerboard") -> np.ndarray:
+    """``(N, H, W, C)`` → ``(N, n_blocks, block·block·C)``. ``"checkerboard"``: block ``(i, j)``
+    is ``x[:, i::s, j::s]`` with ``s = H / block`` (a subsampled copy of the whole image, as the
+    released code's ``checkboardshaped``); ``"tiles"``: contiguous ``block × block`` tiles."""
+    n, h, w, c = x.shape
+    sh, sw = h // block, w // block
+    if layout == "tiles":
+        x = x.reshape(n, sh, block, sw, block, c).transpose(0, 1, 3, 2, 4, 5)
+    else:
+        x = x.reshape(n, block, sh, block, sw, c).transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(n, sh * sw, block * block * c)
+
+
+def from_blocks(
+    blocks: np.ndarray, shape: tuple[int, ...], block: int, layout: str = "checkerboard"
+) -> np.ndarray:
+    """The inverse of :func:`to_blocks` for images of ``shape`` ``(N, H, W, C)``."""
+    n, h, w, c = shape
+    sh, sw = h // block, w // block
+    x = blocks.reshape(n, sh, sw, block, block, c)
+    perm = (0, 1, 3, 2, 4, 5) if layout == "tiles" else (0, 3, 1, 4, 2, 5)
+    return x.transpose(perm).reshape(shape)
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocessor:
-    """``x = (r/255 − mean)/std``, then with ZCA ``x = (x.ravel() − zca_mean) @ zca_whitening``.
+    """``x = (r/255 − mean)/std``, then with ZCA ``x = (x.ravel() − zca_mean) @ zca_whitening``;
+    with block ZCA the centred image is cut into blocks (:func:`to_blocks`), each multiplied by
+    the one ``zca_whitening``, and put back.
 
     Attributes:
         mean, std: per-channel statistics ``(C,)`` of the training split in ``[0, 1]`` units.
         zca_mean: ``(D,)`` per-feature mean of the standardised training images, or ``None``.
-        zca_whitening: ``(D, D)`` symmetric whitening matrix, or ``None``.
+        zca_whitening: ``(D, D)`` symmetric whitening matrix (``(d, d)``, ``d = block²·C``, with
+            blocks), or ``None``.
+        zca_block: the side of a block in pixels, or ``None`` for the dense whitening.
+        zca_layout: ``"checkerboard"`` or ``"tiles"`` (see :func:`to_blocks`).
     """
 
     mean: np.ndarray
     std: np.ndarray
     zca_mean: np.ndarray | None = None
     zca_whitening: np.ndarray | None = None
+    zca_block: int | None = None
+    zca_layout: str = "checkerboard"
 
     def __call__(self, images01: np.ndarray) -> np.ndarray:
         """Raw images in ``[0, 1]`` ``(N, H, W, C)`` → model input (float32)."""
         x = (np.asarray(images01, np.float32) - self.mean) / self.std
         if self.zca_whitening is not None:
             shape = x.shape
-            x = (x.reshape(shape[0], -1) - self.zca_mean) @ self.zca_whitening
+            x = x.reshape(shape[0], -1) - self.zca_mean
+            if self.zca_block is None:
+                x = x @ self.zca_whitening
+            else:
+                blocks = to_blocks(x.reshape(shape), self.zca_block, self.zca_layout)
+                x = from_blocks(blocks @ self.zca_whitening, shape, self.zca_block, self.zca_layout)
             x = x.reshape(shape)
         return x.astype(np.float32)
 
@@ -96,7 +140,14 @@ class Preprocessor:
         x = np.asarray(x, np.float64)
         if self.zca_whitening is not None:
             shape = x.shape
-            flat = np.linalg.solve(self.zca_whitening, x.reshape(shape[0], -1).T).T
+            if self.zca_block is None:
+                flat = np.linalg.solve(self.zca_whitening, x.reshape(shape[0], -1).T).T
+            else:
+                blocks = to_blocks(x, self.zca_block, self.zca_layout)
+                d = blocks.shape[-1]
+                solved = np.linalg.solve(self.zca_whitening, blocks.reshape(-1, d).T).T
+                flat = from_blocks(solved.reshape(blocks.shape), shape, self.zca_block,
+                                   self.zca_layout).reshape(shape[0], -1)  # fmt: skip
             x = (flat + self.zca_mean).reshape(shape)
         return (x * self.std + self.mean).astype(np.float32)
 
@@ -136,23 +187,83 @@ def zca_whitening(flat: np.ndarray, strength: float = 0.1) -> tuple[np.ndarray, 
     mean = flat.mean(0)
     centred = flat - mean
     cov = centred.T @ centred / flat.shape[0]
+    return mean.astype(np.float32), _whitening(cov, strength)
+
+
+def _whitening(cov: np.ndarray, strength: float) -> np.ndarray:
     reg = strength * np.trace(cov) / cov.shape[0]
     eigvals, eigvecs = np.linalg.eigh(cov + reg * np.eye(cov.shape[0]))
     whitening = (eigvecs * eigvals**-0.5) @ eigvecs.T
-    return mean.astype(np.float32), whitening.astype(np.float32)
+    return whitening.astype(np.float32)
 
 
-def fit_preprocessor(x_train01: np.ndarray, zca: bool, zca_strength: float = 0.1) -> Preprocessor:
-    """Per-channel statistics (and ZCA) from the training split in ``[0, 1]`` units."""
+def block_zca_whitening(
+    images: np.ndarray,
+    block: int,
+    strength: float = 0.1,
+    layout: str = "checkerboard",
+    chunk: int = 1000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Block ZCA of ``images`` ``(N, H, W, C)``: one whitening for every block, from the
+    covariance of the centred blocks pooled over blocks and images (the released code's
+    "mean block"), accumulated ``chunk`` images at a time in float64.
+
+    Returns:
+        ``(mean (H·W·C,), W (d, d))`` with ``d = block²·C``.
+    """
+    n, h, w, c = images.shape
+    if not (isinstance(block, int) and block >= 1 and h % block == 0 and w % block == 0):
+        raise ValueError(
+            f"zca_block must be a positive integer dividing the image size {h}x{w}, got {block!r}."
+        )
+    if layout not in ZCA_LAYOUTS:
+        raise ValueError(f"zca_layout must be one of {ZCA_LAYOUTS}, got {layout!r}.")
+    total = np.zeros(h * w * c)
+    for start in range(0, n, chunk):
+        total += images[start : start + chunk].reshape(-1, h * w * c).sum(0, dtype=np.float64)
+    mean = total / n
+    d = block * block * c
+    cov, count = np.zeros((d, d)), 0
+    for start in range(0, n, chunk):
+        part = images[start : start + chunk].astype(np.float64).reshape(-1, h * w * c) - mean
+        blocks = to_blocks(part.reshape(-1, h, w, c), block, layout).reshape(-1, d)
+        cov += blocks.T @ blocks
+        count += len(blocks)
+    return mean.astype(np.float32), _whitening(cov / count, strength)
+
+
+def default_zca_block(height: int, width: int) -> int | None:
+    """The released code's choice: dense ZCA (``None``) up to 64 px, 64-px blocks above."""
+    return DENSE_ZCA_UP_TO if max(height, width) > DENSE_ZCA_UP_TO else None
+
+
+def fit_preprocessor(
+    x_train01: np.ndarray,
+    zca: bool,
+    zca_strength: float = 0.1,
+    zca_block: int | None = None,
+    zca_layout: str = "checkerboard",
+) -> Preprocessor:
+    """Per-channel statistics (and ZCA) from the training split in ``[0, 1]`` units.
+
+    ``zca_block``: ``None`` chooses as the released code: dense up to 64 px, 64-px checkerboard
+    blocks above; a number is the block side (the image size gives the dense whitening's
+    result, through one block).
+    """
     mean = x_train01.mean(axis=(0, 1, 2)).astype(np.float32)
     std = x_train01.std(axis=(0, 1, 2)).astype(np.float32)
     std = np.where(std > 0, std, 1.0).astype(np.float32)
     pre = Preprocessor(mean, std)
     if not zca:
         return pre
+    if zca_block is None:
+        zca_block = default_zca_block(*x_train01.shape[1:3])
     standardised = pre(x_train01)
-    zmean, w = zca_whitening(standardised.reshape(len(standardised), -1), zca_strength)
-    return Preprocessor(mean, std, zmean, w)
+    if zca_block is None:
+        zmean, wz = zca_whitening(standardised.reshape(len(standardised), -1), zca_strength)
+        return Preprocessor(mean, std, zmean, wz)
+    zmean, wz = block_zca_whitening(standardised, zca_block, zca_strength, zca_layout)
+    return Preprocessor(mean, std, zmean, wz, zca_block, zca_layout)
 
 
 def load_dataset(
@@ -161,6 +272,7 @@ def load_dataset(
     zca: bool | None = None,
     zca_strength: float = 0.1,
     image_size: int | None = None,
+    zca_block: int | None = None,
 ) -> ImageDataset:
     """Load, check and preprocess a dataset (see the module docstring for what is accepted).
 
@@ -171,6 +283,9 @@ def load_dataset(
         image_size: centre-crop to a square and resize every image to this many pixels
             (``None``: keep the sizes, which must then agree; the known mixed-size sets default
             to the paper's 128).
+        zca_block: whiten in blocks of this side sharing one matrix (``None``: dense up to
+            64 px, 64-px checkerboard blocks above, as the released code; see
+            :func:`block_zca_whitening`).
 
     Raises:
         ValueError: unknown dataset, missing split, mixed image sizes, non-integer labels,
@@ -178,7 +293,12 @@ def load_dataset(
     """
     raw = load_raw(name_or_path, image_size=image_size)
     use_zca = (raw.x_train.shape[-1] == 3) if zca is None else zca
-    pre = fit_preprocessor(raw.x_train, use_zca, zca_strength)
+    if zca_block is not None and not use_zca:
+        raise ValueError(
+            f"zca_block={zca_block} is given but {name_or_path!r} is not ZCA-whitened (grayscale "
+            "images are not by default; pass zca=True to whiten them)."
+        )
+    pre = fit_preprocessor(raw.x_train, use_zca, zca_strength, zca_block)
     return ImageDataset(
         name=name_or_path,
         x_train=pre(raw.x_train),

@@ -6,6 +6,12 @@ Keys of ``distilled.npz``:
 * ``mean (C,)``, ``std (C,)``, and where ZCA was used ``zca_mean (D,)`` and
   ``zca_whitening (D, D)``: a raw uint8 image ``r`` maps to model input by
   ``x = (r/255 − mean)/std``, then ``x = ((x.reshape(-1) − zca_mean) @ zca_whitening).reshape``;
+* with block ZCA (images over 64 px by default) also ``zca_block`` (an integer ``b``) and
+  ``zca_layout`` (``"checkerboard"`` or ``"tiles"``), and ``zca_whitening`` is ``(d, d)`` with
+  ``d = b·b·C``: the centred image ``z = x.reshape(-1) − zca_mean`` reshaped to ``(H, W, C)`` is
+  cut into blocks — checkerboard: block ``(i, j)`` is ``z[i::H//b, j::W//b]``; tiles:
+  ``z[i·b:(i+1)·b, j·b:(j+1)·b]`` — each block is flattened (row, column, channel), multiplied
+  by ``zca_whitening`` and put back where it came from (numpy: ``reshape`` and ``transpose``);
 * ``flip`` (bool: train on the images and their horizontal mirrors), ``log_temperature``;
 * ``config``: a JSON string (dataset, method, ipc, steps, seed, hyperparameters, version).
 """
@@ -72,6 +78,9 @@ def save_distilled(
     if preprocessor.zca_whitening is not None:
         arrays["zca_mean"] = np.asarray(preprocessor.zca_mean, np.float32)
         arrays["zca_whitening"] = np.asarray(preprocessor.zca_whitening, np.float32)
+    if preprocessor.zca_block is not None:
+        arrays["zca_block"] = np.asarray(preprocessor.zca_block, np.int64)
+        arrays["zca_layout"] = np.asarray(preprocessor.zca_layout)
     with _replaced_atomically(path) as temporary, open(temporary, "wb") as f:
         np.savez(f, **arrays)
     return path
@@ -118,16 +127,19 @@ def load_distilled(path: str | Path) -> DistilledSet:
     zca_mean = zca = None
     if ("zca_mean" in data) != ("zca_whitening" in data):
         raise ValueError(f"{path}: zca_mean and zca_whitening must be given together.")
+    block, layout = _zca_block(data, images.shape[1:], path)
     if "zca_whitening" in data:
         dim = int(np.prod(images.shape[1:]))
+        side = dim if block is None else block * block * channels
         zca_mean = np.asarray(data["zca_mean"], np.float32).reshape(-1)
         zca = np.asarray(data["zca_whitening"], np.float32)
-        if zca_mean.shape != (dim,) or zca.shape != (dim, dim):
+        if zca_mean.shape != (dim,) or zca.shape != (side, side):
             raise ValueError(
                 f"{path}: zca_mean {zca_mean.shape} and zca_whitening {zca.shape} must be "
-                f"({dim},) and ({dim}, {dim}) for images of shape {images.shape[1:]}."
+                f"({dim},) and ({side}, {side}) for images of shape {images.shape[1:]}"
+                + (f" in {block}-px blocks." if block is not None else ".")
             )
-    pre = Preprocessor(mean, std, zca_mean, zca)
+    pre = Preprocessor(mean, std, zca_mean, zca, block, layout)
     flip = bool(data["flip"]) if "flip" in data else False
     log_t = float(data["log_temperature"]) if "log_temperature" in data else 0.0
     try:
@@ -135,6 +147,30 @@ def load_distilled(path: str | Path) -> DistilledSet:
     except ValueError:
         raise ValueError(f"{path}: config is not a JSON string.") from None
     return DistilledSet(images, labels, pre, flip, log_t, config)
+
+
+def _zca_block(data, image_shape, path) -> tuple[int | None, str]:
+    """``zca_block`` and ``zca_layout`` of a file (absent: the dense whitening), checked."""
+    if "zca_block" not in data:
+        if "zca_layout" in data:
+            raise ValueError(f"{path}: zca_layout is given without zca_block.")
+        return None, "checkerboard"
+    raw_block, layout = data["zca_block"], str(data.get("zca_layout", "checkerboard"))
+    h, w = image_shape[:2]
+    if (
+        raw_block.shape != ()
+        or not np.issubdtype(raw_block.dtype, np.integer)
+        or int(raw_block) < 1
+        or h % int(raw_block)
+        or w % int(raw_block)
+    ):
+        raise ValueError(
+            f"{path}: zca_block must be one positive integer dividing the image size {h}x{w}, "
+            f"got {raw_block.tolist()!r}."
+        )
+    if layout not in ("checkerboard", "tiles"):
+        raise ValueError(f"{path}: zca_layout must be 'checkerboard' or 'tiles', got {layout!r}.")
+    return int(raw_block), layout
 
 
 def _check_numeric(value: np.ndarray, where: str) -> None:
