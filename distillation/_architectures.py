@@ -31,6 +31,7 @@ so that the parameters alone are what an optimiser updates.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import equinox as eqx
@@ -101,6 +102,7 @@ class Normalise(eqx.Module):
             mean, var = ctx.stats[self.slot]
             mean, var = mean.reshape(1, 1, 1, -1), var.reshape(1, 1, 1, -1)
         x = (x - mean) * jax.lax.rsqrt(var + EPS)
+        assert self.scale is not None and self.shift is not None  # kind != "none"
         return x * self.scale.reshape(1, 1, 1, -1) + self.shift.reshape(1, 1, 1, -1)
 
 
@@ -149,7 +151,7 @@ class Network(eqx.Module):
     ``(outputs, new_stats)``; with ``train=False`` batch normalisation uses ``stats`` and the
     returned statistics are ``stats`` unchanged."""
 
-    layers: tuple[eqx.Module, ...]
+    layers: tuple[Callable[[Array, _Context], Array], ...]
     head_weight: Float[Array, "d k"]
     head_bias: Float[Array, " k"]
     arch: str = eqx.field(static=True)
@@ -217,7 +219,8 @@ VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
 def _vgg11(b, c, definition):
-    layers, pool = [], Pool("avg" if definition == "released" else "max", 2)
+    layers: list[eqx.Module] = []
+    pool = Pool("avg" if definition == "released" else "max", 2)
     for i, item in enumerate(VGG11):
         if item == "M":
             layers.append(pool)
@@ -232,8 +235,8 @@ def _vgg11(b, c, definition):
 def _alexnet(b, c, definition):
     pool = Pool("avg" if definition == "released" else "max", 2)
     spec = ((128, 5, 4 if c == 1 else 2, True), (192, 5, 2, True), (256, 3, 1, False))
-    spec += ((192, 3, 1, False), (192, 3, 1, True))
-    layers = []
+    spec += ((192, 3, 1, False), (192, 3, 1, True))  # type: ignore[assignment]
+    layers: list[eqx.Module] = []
     for cout, size, pad, pooled in spec:
         layers += [b.conv(c, cout, size, padding=pad), b.normalise(cout), ReLU()]
         layers += [pool] if pooled else []
@@ -315,8 +318,8 @@ def build_network(
             f"build_network: {arch} is defined for 28- to 32-px images, got {h}x{w}; "
             "use arch='convnet' (its depth follows the image size)."
         )
+    depth = default_depth(min(h, w)) if depth is None else depth
     if arch == "convnet":
-        depth = default_depth(min(h, w)) if depth is None else depth
         if depth < 1 or width < 1 or min(h, w) // 2**depth < 1:
             raise ValueError(
                 f"build_network: a ConvNet of depth {depth} and width {width} does not fit "

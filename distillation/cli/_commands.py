@@ -730,7 +730,7 @@ def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
         )
     interrupts.set_phase("evaluating")
     augments = [False, True] if args.both else [args.augment]
-    results = {}
+    results: dict[str, Any] = {}
     for arch, norm in networks:
         for augmented in augments:
             run_config = dataclasses.replace(config, arch=arch, norm=norm, augment=augmented)

@@ -796,7 +796,7 @@ def _images(column, where: str, image_size: int | None = None) -> np.ndarray:
         if a.shape[2] != n_channels:
             a = np.repeat(a, n_channels, axis=2)
         a = a / np.float32(255.0)
-        out[i] = a if a.shape[:2] == size else _resize(a, image_size)
+        out[i] = a if image_size is None or a.shape[:2] == size else _resize(a, image_size)
     return out
 
 

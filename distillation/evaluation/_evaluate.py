@@ -162,9 +162,10 @@ def train_model(
     steps = config.train_steps(n if n_support is None else n_support)
     total = config.total_steps(n if n_support is None else n_support)
     k_init, k_train = jax.random.split(key)
+    h, w, c = images.shape[1:]
     network, stats = build_network(
         config.arch,
-        images.shape[1:],
+        (h, w, c),
         k,
         key=k_init,
         norm=config.norm,
