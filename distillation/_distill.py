@@ -753,6 +753,7 @@ def distill(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     snapshot_steps: Collection[int] = (),
     interrupts: InterruptGuard | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> DistillResult:
     """Run Algorithm 1 for ``config.steps`` meta-iterations: the support set drawn from the
     data, a :class:`Distiller`, the learning-rate pre-round, and :func:`distillation.run`
@@ -783,6 +784,10 @@ def distill(
             signal handling of a program; the command line installs it): a signal stops the run
             after the step in flight, with a checkpoint. ``None`` (library use): no signal
             handler is installed; Ctrl-C (``KeyboardInterrupt``) still writes a checkpoint.
+        mesh: data parallelism over the mesh's devices (:func:`data_parallel_mesh`): the target
+            batch and the model pool are split over them (``config.target_batch`` and
+            ``config.pool_size`` must be divisible by the device count); ``None``: one device.
+            Checkpoints hold the gathered state, so a run may resume on another device count.
 
     Returns:
         The learned support set, the logged metrics, the wall-clock seconds spent in this call
@@ -818,8 +823,13 @@ def distill(
         center_labels=config.center_labels,
     )
     distiller = Distiller.build(
-        algorithm, config, image_shape=x_train.shape[1:], num_classes=num_classes
+        algorithm, config, image_shape=x_train.shape[1:], num_classes=num_classes, mesh=mesh
     )
+    if mesh is not None and config.pool_size % mesh.size:
+        raise ValueError(
+            f"pool_size={config.pool_size} must be divisible by the {mesh.size} devices of the "
+            "mesh."
+        )
     state = distiller.init(support, key=k_state)
     history = History(on_log=on_log)
     segments_before = 0
@@ -827,6 +837,8 @@ def distill(
         state, meta = load_checkpoint(checkpoint_dir, state)  # type: ignore[arg-type]
         history = History(meta.get("history", []), float(meta.get("seconds", 0.0)), on_log)
         segments_before = int(meta.get("segments", 1))
+    if mesh is not None:
+        state = shard_state(state, mesh)
     history.t0 = t0
     start = int(state.step)
     if not algorithm.learns and start < config.steps:

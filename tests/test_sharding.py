@@ -118,3 +118,63 @@ def test_mesh_rejects_indivisible_sizes(unchecked_types):
     three_devices = types.SimpleNamespace(size=3)  # only the size is read before the check
     with pytest.raises(ValueError, match="target_batch=10 must be divisible by the 3 devices"):
         Distiller.build(rcig(), config, image_shape=(8, 8, 1), num_classes=10, mesh=three_devices)
+
+
+CLI_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from distillation.cli import main
+    from distillation.data._export import load_distilled
+
+    out = sys.argv[1]
+    common = ["--pool-size", "4", "--target-batch", "64", "--width", "8", "--n-inner", "2",
+              "--n-hessian", "2", "--eval-models", "0", "--no-progress", "--ema", "0"]
+    runs = (("4", "/four", "3"), ("1", "/one", "3"), ("1", "/start", "0"))
+    for devices, folder, steps in runs:
+        argv = ["distill", "--devices", devices, "--steps", steps, "--out", out + folder]
+        assert main([*argv, *common]) == 0
+    four, one, start = (load_distilled(out + f + "/distilled.npz").images for _, f, _ in runs)
+    assert four.shape == (10, 8, 8, 1) and np.all(np.isfinite(four))
+    assert json.loads(open(out + "/four/metrics.json").read())["steps_done"] == 3
+    # The two runs agree far better than either moved from the shared start (the step-level
+    # equality is checked above; three Adam-type steps amplify rounding, so no tighter bound).
+    moved, apart = np.linalg.norm(one - start), np.linalg.norm(four - one)
+    print(f"moved {moved:.3e}, apart {apart:.3e}")
+    assert moved > 0 and apart < 0.25 * moved
+    assert main(["distill", "--devices", "8", "--out", out + "/eight", *common]) == 2
+    assert main(["distill", "--devices", "4", "--target-batch", "66", "--out", out + "/x"]) == 2
+    print("CLI-DEVICES-OK")
+    """
+)
+
+
+@pytest.mark.slow
+def test_distill_command_on_four_devices(tmp_path):
+    """`rcig distill --devices 4` on 4 forced CPU devices runs, exports, and lands where the
+    one-device run lands up to summation order; more devices than exist is a clear error."""
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", CLI_SCRIPT, str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "CLI-DEVICES-OK" in proc.stdout
+    assert "--devices 8: only 4 local device(s)" in proc.stderr
+    assert "--target-batch 66 is not divisible by 4 devices" in proc.stderr
+
+
+def test_devices_beyond_the_machine_are_refused_before_loading(capsys):
+    from distillation.cli import main
+
+    assert main(["distill", "--devices", "64", "--dataset", "no_such_set"]) == 2
+    err = capsys.readouterr().err
+    assert "--devices 64: only" in err and "xla_force_host_platform_device_count=64" in err

@@ -280,6 +280,13 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
         p, "default: the dataset's own size (128 for cub200, imagenette, imagewoof, as the paper)"
     )
     p.add_argument(
+        "--devices",
+        type=_positive_int,
+        default=None,
+        help="data parallelism over the first N local devices (target batch and model pool "
+        "split; both must be divisible by N); default: one device",
+    )
+    p.add_argument(
         "--zca-block",
         type=_positive_int,
         default=None,
@@ -583,6 +590,11 @@ def _distill_export_evaluate(args, dataset, s: RunSettings, out, resume, eval_mo
     from distillation.evaluation._evaluate import evaluate_support
 
     key = jax.random.key(s.seed)
+    mesh = None
+    if args.devices is not None:
+        from distillation._distill import data_parallel_mesh
+
+        mesh = data_parallel_mesh(jax.local_devices()[: args.devices])
     result = distill(
         dataset.x_train,
         dataset.y_train,
@@ -597,6 +609,7 @@ def _distill_export_evaluate(args, dataset, s: RunSettings, out, resume, eval_mo
         settings=s.record(),
         progress=not args.no_progress and s.steps > 0,
         interrupts=interrupts,
+        mesh=mesh,
     )
     support, history = result.support, result.history
     interrupts.set_phase(
@@ -1032,6 +1045,22 @@ def _steady_seconds_per_step(history: list[dict]) -> float | None:
     return None
 
 
+def _devices_problem(args) -> str | None:
+    """Why ``--devices`` cannot work with the other settings (checked before any data loads)."""
+    import jax
+
+    available = jax.local_device_count()
+    if args.devices > available:
+        return (
+            f"only {available} local device(s) ({jax.default_backend()}); on CPU, "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={args.devices} makes more"
+        )
+    for name, value in (("--target-batch", args.target_batch), ("--pool-size", args.pool_size)):
+        if value is not None and value % args.devices:
+            return f"{name} {value} is not divisible by {args.devices} devices"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
@@ -1054,6 +1083,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"rcig: error: --norm batch: {BATCH_NORM_REFUSAL}", file=sys.stderr)
         return 2
+    if args.command in ("distill", "ablate", "sweep") and args.devices is not None:
+        problem = _devices_problem(args)
+        if problem:
+            print(f"rcig: error: --devices {args.devices}: {problem}", file=sys.stderr)
+            return 2
     from distillation._checkpoint import RunFailed
     from distillation._loop import Interrupted
 
