@@ -82,9 +82,10 @@ class DistillConfig:
     Defaults are the authors' released code's (``docs/fidelity.md`` lists each with its source):
     m = 30 pool models trained with Adam 5e-5 for 1–15 steps per selection and renewed after
     K = 100 steps, AdaBelief 0.003 / 0.03 on the support set, target batches of 1024 drawn as
-    shuffled epochs, ``λ = 0.0005 · (images learned)``, labels initialised to the centred one-hot,
-    temperature 1, an EMA (0.99) of the support set as the result, and the learning rates tuned
-    by the released code's pre-round and schedule (``lr_tuning="released"``).
+    shuffled epochs, ``λ = 0.0005 · (images learned)`` (0.05 at depth 5), labels initialised to
+    the centred one-hot, temperature 1, an EMA (0.99) of the support set as the result, and the
+    learning rates tuned by the released code's pre-round and schedule
+    (``lr_tuning="released"``).
 
     Attributes:
         lr_tuning: ``"released"``: before training, raise the inner learning rate from the
@@ -106,6 +107,9 @@ class DistillConfig:
             model's optimizer state, whose counter Adam's bias correction reads (its moments
             are zero there, so only the counter carries over). ``False``: from 0.
         center_labels: initial labels ``one-hot − 1/K`` (the released code) instead of one-hot.
+        l2_per_image: ``λ = l2_per_image · (images learned)``; ``None`` (default): the released
+            configs' ``l2_rate`` for the network's depth, 0.0005 up to depth 4 and 0.05 at
+            depth 5 (``configs_final/depth_5.txt``, the 128-px datasets).
         l2_counts_mirrors: ``λ`` counts the mirrors of the flip strategy (this project's earlier
             reading of ``0.0005·|S|``); the released code counts the learned images only.
         pool_max_steps: pool training steps per selection, drawn from ``1 … pool_max_steps``
@@ -118,7 +122,7 @@ class DistillConfig:
     target_batch: int = 1024
     lr_support: float = 0.003
     lr_temperature: float = 0.03
-    l2_per_image: float = 0.0005
+    l2_per_image: float | None = None
     init_temperature: float = 1.0
     lr_tuning: LrTuning = "released"
     tune_every: int = 10
@@ -169,7 +173,7 @@ class DistillConfig:
             raise ValueError(
                 f"DistillConfig: `ema_decay` must be in [0, 1), got {self.ema_decay!r}."
             )
-        if not self.l2_per_image >= 0:
+        if self.l2_per_image is not None and not self.l2_per_image >= 0:
             raise ValueError(
                 f"DistillConfig: `l2_per_image` must be >= 0, got {self.l2_per_image!r}."
             )
@@ -272,12 +276,23 @@ def inner_support(support: SupportSet, config: DistillConfig) -> SupportSet:
     return SupportSet(*with_mirrors(support.images, support.labels), support.log_temperature)
 
 
+def l2_rate(depth: int) -> float:
+    """The released configs' ``l2_rate`` (λ per learned image) for a ConvNet of ``depth``
+    blocks: 0.0005 (``depth_3*``, ``depth_4*``), 0.05 at depth 5 (``depth_5.txt``)."""
+    return 0.05 if depth >= 5 else 0.0005
+
+
 def l2_strength(support: SupportSet, config: DistillConfig) -> Array:
     """``λ = l2_per_image · n``: ``n`` the learned images (the released code's
-    ``l2_rate · num_prototypes``), or with their mirrors when ``config.l2_counts_mirrors``."""
+    ``l2_rate · num_prototypes``), or with their mirrors when ``config.l2_counts_mirrors``;
+    ``l2_per_image`` ``None`` is :func:`l2_rate` of the network's depth."""
     mirrors = config.flip and config.l2_counts_mirrors
     n_support = support.images.shape[0] * (2 if mirrors else 1)
-    return jnp.asarray(config.l2_per_image * n_support, jnp.float32)
+    rate = config.l2_per_image
+    if rate is None:
+        depth = config.depth
+        rate = l2_rate(default_depth(min(support.images.shape[1:3])) if depth is None else depth)
+    return jnp.asarray(rate * n_support, jnp.float32)
 
 
 def ema_support(state: DistillState, decay: float) -> SupportSet:

@@ -342,3 +342,22 @@ def test_the_architecture_pages_new_algorithm_runs():
     grad = jax.jit(jax.grad(lambda s: meta_loss(s, algorithm, model, x_t, y_t, 0.1)[0]))(support)
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(grad))
     assert float(jnp.linalg.norm(grad.images)) > 0
+
+
+def test_l2_strength_follows_the_released_configs_per_depth():
+    """λ = l2_rate · (images learned): 0.0005 up to depth 4, 0.05 at depth 5 (128 px), as
+    configs_final/depth_*.txt; mirrors are not counted; an explicit rate wins."""
+    import jax.numpy as jnp
+
+    from distillation._algorithms import SupportSet
+    from distillation._distill import DistillConfig, l2_strength
+
+    def support(size):
+        n = 10
+        return SupportSet(jnp.zeros((n, size, size, 3)), jnp.zeros((n, 10)), jnp.zeros(()))
+
+    assert float(l2_strength(support(32), DistillConfig(flip=True))) == pytest.approx(0.005)
+    assert float(l2_strength(support(64), DistillConfig())) == pytest.approx(0.005)
+    assert float(l2_strength(support(128), DistillConfig())) == pytest.approx(0.5)
+    assert float(l2_strength(support(128), DistillConfig(depth=4))) == pytest.approx(0.005)
+    assert float(l2_strength(support(32), DistillConfig(l2_per_image=0.01))) == pytest.approx(0.1)
