@@ -102,6 +102,10 @@ class DistillConfig:
         norm: the distillation ConvNet's normalisation, ``"none"`` (the paper's) or
             ``"instance"``; ``"batch"`` (the paper's RCIG (BN) row) is refused with the reason
             (see :data:`BATCH_NORM_REFUSAL`).
+        mixed_precision: the ConvNet's convolutions take bfloat16 operands and sum in float32
+            (an option for GPUs and TPUs, whose matrix units run bfloat16 several times faster;
+            on CPU it is slower); the |S|×|S| solve keeps the algorithm's ``precision``
+            (float32, or float64 with ``precision="float64"``).
         inner_count_from_pool: the inner optimizer's step counter starts at the pool model's
             age (its training steps so far): the released code's inner solve continues the pool
             model's optimizer state, whose counter Adam's bias correction reads (its moments
@@ -137,6 +141,7 @@ class DistillConfig:
     width: int = 128
     depth: int | None = None
     norm: Norm = "none"
+    mixed_precision: bool = False
     checkpoint_every: int = 100
     log_every: int = 10
 
@@ -338,6 +343,7 @@ def make_pool(image_shape, num_classes, config: DistillConfig) -> ModelPool:
             depth=config.depth,
             norm=config.norm,
             activation=distill_activation(image_shape, config.depth),
+            compute_dtype="bfloat16" if config.mixed_precision else "float32",
         )
 
     return ModelPool(

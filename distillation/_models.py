@@ -42,8 +42,12 @@ def _normalise(kind: str, x: Array, eps: float = 1e-5) -> Array:
     return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
-def conv2d(x: Array, w: Array, pad: int, stride: int = 1) -> Array:
-    """A 2-D convolution of an NHWC batch with HWIO weights and symmetric zero padding."""
+def conv2d(x: Array, w: Array, pad: int, stride: int = 1, compute_dtype: str = "float32") -> Array:
+    """A 2-D convolution of an NHWC batch with HWIO weights and symmetric zero padding.
+
+    ``compute_dtype="bfloat16"``: the operands are rounded to bfloat16 and the products summed
+    in float32 (the result is float32), the mixed precision of accelerators' matrix units.
+    """
     if pad > 1:
         # Zero-pad explicitly down to padding 1: XLA:CPU hands 3×3 convolutions with padding
         # ≤ 1 to its fast library kernels (YNNPACK) and runs larger paddings (the 28-px MNIST
@@ -53,6 +57,16 @@ def conv2d(x: Array, w: Array, pad: int, stride: int = 1) -> Array:
             jnp.pad(x, [(0, 0), (pad - 1, pad - 1), (pad - 1, pad - 1), (0, 0)])
         )
         pad = 1
+    if compute_dtype == "bfloat16":
+        out_dtype = x.dtype
+        return jax.lax.conv_general_dilated(
+            x.astype(jnp.bfloat16),
+            w.astype(jnp.bfloat16),
+            (stride, stride),
+            [(pad, pad), (pad, pad)],
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            preferred_element_type=jnp.float32,
+        ).astype(out_dtype)
     return jax.lax.conv_general_dilated(
         x, w, (stride, stride), [(pad, pad), (pad, pad)], dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
@@ -76,10 +90,11 @@ class ConvBody(eqx.Module):
     paddings: tuple[int, ...] = eqx.field(static=True)
     norm: str = eqx.field(static=True)
     activation: str = eqx.field(static=True)
+    compute_dtype: str = eqx.field(static=True, default="float32")
 
     def __call__(self, x: Float[Array, "n h w c"]) -> Float[Array, "n d"]:
         for w, b, pad in zip(self.weights, self.biases, self.paddings, strict=True):
-            x = conv2d(x, w, pad)
+            x = conv2d(x, w, pad, compute_dtype=self.compute_dtype)
             x = _normalise(self.norm, x + b.reshape(1, 1, 1, -1))
             x = _activation(self.activation, x)
             x = avg_pool2(x)
@@ -114,7 +129,9 @@ class ConvNet(eqx.Module):
 
 
 def _replace_activation(body: ConvBody, activation: str) -> ConvBody:
-    return ConvBody(body.weights, body.biases, body.paddings, body.norm, activation)
+    return ConvBody(
+        body.weights, body.biases, body.paddings, body.norm, activation, body.compute_dtype
+    )
 
 
 def default_depth(image_size: int) -> int:
@@ -145,6 +162,7 @@ def conv_net(
     norm: Norm = "none",
     activation: Activation = "softplus",
     dtype=jnp.float32,
+    compute_dtype: str = "float32",
 ) -> ConvNet:
     """Build the paper's ConvNet (LeCun-normal weights, zero biases).
 
@@ -157,6 +175,8 @@ def conv_net(
         norm: ``"none"`` (the paper's default), ``"instance"`` or ``"batch"``.
         activation: ``"softplus"`` (temperature 60) or ``"relu"``.
         dtype: parameter dtype.
+        compute_dtype: ``"float32"``, or ``"bfloat16"`` for the convolutions' operands (sums in
+            float32; mixed precision for accelerators).
 
     Example:
         >>> import jax
@@ -173,6 +193,10 @@ def conv_net(
         )
     if norm not in ("none", "instance", "batch"):
         raise ValueError(f"conv_net: norm must be 'none', 'instance' or 'batch', got {norm!r}.")
+    if compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(
+            f"conv_net: compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}."
+        )
     if activation not in ("softplus", "relu"):
         raise ValueError(f"conv_net: activation must be 'softplus' or 'relu', got {activation!r}.")
     depth = default_depth(min(h, w)) if depth is None else depth
@@ -190,7 +214,7 @@ def conv_net(
         size_h, size_w = (size_h + 2 * pad - 2) // 2, (size_w + 2 * pad - 2) // 2
         cin = cout
     feat = size_h * size_w * cin
-    body = ConvBody(tuple(weights), tuple(biases), tuple(paddings), norm, activation)
+    body = ConvBody(tuple(weights), tuple(biases), tuple(paddings), norm, activation, compute_dtype)
     head = Head(
         _lecun_normal(keys[-1], (feat, num_classes), feat, dtype), jnp.zeros(num_classes, dtype)
     )

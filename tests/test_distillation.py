@@ -361,3 +361,48 @@ def test_l2_strength_follows_the_released_configs_per_depth():
     assert float(l2_strength(support(128), DistillConfig())) == pytest.approx(0.5)
     assert float(l2_strength(support(128), DistillConfig(depth=4))) == pytest.approx(0.005)
     assert float(l2_strength(support(32), DistillConfig(l2_per_image=0.01))) == pytest.approx(0.1)
+
+
+def test_mixed_precision_rounds_the_convolutions_and_stays_close():
+    """bfloat16 operands with float32 sums: outputs differ from float32 by bfloat16 rounding
+    (eps 2^-8 per operand, a few layers), not more (and not less: the rounding happens). The
+    slow companion checks that a distillation step's outer loss stays within a few percent."""
+    import jax
+    import jax.numpy as jnp
+
+    from distillation._models import conv_net
+
+    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+    full = conv_net((16, 16, 3), 10, key=jax.random.key(1), width=8)
+    mixed = conv_net((16, 16, 3), 10, key=jax.random.key(1), width=8, compute_dtype="bfloat16")
+    a, b = full(x), mixed(x)
+    assert b.dtype == jnp.float32
+    rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
+    assert 2.0**-12 < rel < 8 * 2.0**-8, rel
+
+
+@pytest.mark.slow
+def test_a_mixed_precision_step_stays_close_to_float32():
+    import jax
+    import jax.numpy as jnp
+
+    from distillation._algorithms import rcig
+    from distillation._distill import DistillConfig, Distiller, init_support
+    from distillation.data._datasets import load_dataset
+
+    data = load_dataset("digits")
+    support = init_support(data.x_train, data.y_train, 10, 1, key=jax.random.key(2))
+    xt, yt = jnp.asarray(data.x_train), jax.nn.one_hot(jnp.asarray(data.y_train), 10)
+    losses = []
+    for mixed_precision in (False, True):
+        config = DistillConfig(
+            pool_size=2, target_batch=64, width=8, mixed_precision=mixed_precision
+        )
+        distiller = Distiller.build(
+            rcig(n_inner=2, n_hessian=2), config, image_shape=data.image_shape, num_classes=10
+        )
+        state = distiller.init(support, key=jax.random.key(3))
+        _, metrics = jax.jit(distiller.step)(state, distiller.next_batch(state, xt, yt))
+        losses.append(float(metrics["outer_loss"]))
+    assert np.isfinite(losses[1]) and losses[1] != losses[0]
+    assert abs(losses[1] - losses[0]) < 0.05 * abs(losses[0]), losses

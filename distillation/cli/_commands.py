@@ -287,6 +287,12 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
         "split; both must be divisible by N); default: one device",
     )
     p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="bfloat16 convolution operands with float32 sums (for GPUs/TPUs; the |S|x|S| solve "
+        "keeps float32, or float64 with --float64-solve)",
+    )
+    p.add_argument(
         "--zca-block",
         type=_positive_int,
         default=None,
@@ -442,13 +448,14 @@ class RunSettings:
     float64_solve: bool
     image_size: int | None = None
     zca_block: int | None = None
+    mixed_precision: bool = False
 
     def record(self) -> dict[str, Any]:
-        """The settings as a JSON-serialisable dict (``image_size`` and ``zca_block`` only when
-        set, so that runs from before these options resume)."""
+        """The settings as a JSON-serialisable dict (``image_size``, ``zca_block`` and
+        ``mixed_precision`` only when set, so that runs from before these options resume)."""
         record = dataclasses.asdict(self)
-        for optional in ("image_size", "zca_block"):
-            if record[optional] is None:
+        for optional in ("image_size", "zca_block", "mixed_precision"):
+            if record[optional] in (None, False):
                 del record[optional]
         return record
 
@@ -494,6 +501,7 @@ class RunSettings:
             width=self.width,
             depth=self.depth,
             checkpoint_every=checkpoint_every,
+            mixed_precision=self.mixed_precision,
             # The random-subset baseline: real images with one-hot labels, temperature 0.1.
             center_labels=learns,
             init_temperature=1.0 if learns else 0.1,
@@ -536,6 +544,7 @@ def _resolve(args, dataset, method: str, seed: int) -> RunSettings:
         float64_solve=args.float64_solve,
         image_size=args.image_size,
         zca_block=args.zca_block,
+        mixed_precision=args.mixed_precision,
     )
 
 
