@@ -65,7 +65,7 @@ def save_checkpoint(directory: Path, state: Any, meta: Mapping[str, Any]) -> Pat
     """
     global _writes_in_this_process
     directory = Path(directory)
-    host = jax.device_get(state)
+    host = gather_to_host(state)
     bad = [
         jax.tree_util.keystr(path)
         for path, leaf in jax.tree_util.tree_leaves_with_path(host)
@@ -78,6 +78,8 @@ def save_checkpoint(directory: Path, state: Any, meta: Mapping[str, Any]) -> Pat
             f"the run diverged: its state holds NaN or infinite values (in {', '.join(bad[:3])}) "
             f"at step {meta.get('step')} and is not checkpointed."
         )
+    if jax.process_index() != 0:  # across hosts, process 0 writes; the others only gathered
+        return checkpoint_path(directory)
     buffer = io.BytesIO()
     eqx.tree_serialise_leaves(buffer, host)
     meta_bytes = json.dumps(dict(meta)).encode()
@@ -95,6 +97,24 @@ def save_checkpoint(directory: Path, state: Any, meta: Mapping[str, Any]) -> Pat
     os.replace(temporary, checkpoint_path(directory))
     _fsync_directory(directory)
     return checkpoint_path(directory)
+
+
+def gather_to_host(tree: Any) -> Any:
+    """``tree`` as numpy on this host. Across processes (``jax.distributed``), a leaf split over
+    other hosts' devices is gathered from all of them (every process must call this together);
+    replicated leaves are read locally."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    def one(leaf):
+        if isinstance(leaf, jax.Array) and not (
+            leaf.is_fully_addressable or leaf.is_fully_replicated
+        ):
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return jax.device_get(leaf)
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def read_checkpoint_meta(directory: Path) -> dict[str, Any] | None:

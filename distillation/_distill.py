@@ -618,8 +618,44 @@ class Distiller:
 DATA_AXIS = "data"
 
 
+def initialize_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Join a multi-host run through JAX's own multi-controller runtime
+    (``jax.distributed.initialize``). Call it first, before anything else uses JAX; then
+    ``data_parallel_mesh()`` spans every process's devices and :func:`distill` with that mesh
+    splits the target batch and the pool over all hosts (each process runs the same program on
+    the same data; process 0 writes the checkpoints, every process reads them).
+
+    With no arguments the cluster is detected from its environment as JAX does (SLURM, Open MPI,
+    Kubernetes, ...). On CPU the cross-process collectives use gloo.
+    """
+    given = [coordinator is not None, num_processes is not None, process_id is not None]
+    if any(given) and not all(given):
+        raise ValueError(
+            "initialize_distributed: give coordinator, num_processes and process_id together "
+            f"(got coordinator={coordinator!r}, num_processes={num_processes!r}, "
+            f"process_id={process_id!r}), or none of them to detect the cluster."
+        )
+    if all(given) and not (
+        isinstance(num_processes, int)
+        and isinstance(process_id, int)
+        and num_processes >= 1
+        and 0 <= process_id < num_processes
+    ):
+        raise ValueError(
+            f"initialize_distributed: process_id must be in [0, num_processes), got "
+            f"process_id={process_id!r}, num_processes={num_processes!r}."
+        )
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
 def data_parallel_mesh(devices=None) -> jax.sharding.Mesh:
-    """A 1-D mesh over ``devices`` (default: all) with the axis name ``"data"``."""
+    """A 1-D mesh over ``devices`` (default: all, across hosts after
+    :func:`initialize_distributed`) with the axis name ``"data"``."""
     devices = jax.devices() if devices is None else devices
     return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
 
@@ -867,7 +903,7 @@ def distill(
             f"{algorithm.name} does not learn its support set: run it with steps=0, got "
             f"steps={config.steps}."
         )
-    bar = ProgressBar(config.steps, algorithm.name, disable=not progress)
+    bar = ProgressBar(config.steps, algorithm.name, disable=not progress or jax.process_index() > 0)
     checkpointer = None
     if checkpoint_dir is not None:
         checkpointer = Checkpointer(
