@@ -128,3 +128,17 @@ def test_initialize_distributed_checks_its_arguments():
         initialize_distributed("localhost:1234", 2)
     with pytest.raises(ValueError, match=r"process_id must be in \[0, num_processes\)"):
         initialize_distributed("localhost:1234", 2, 2)
+
+
+def test_distill_command_checks_the_host_flags(capsys):
+    from distillation.cli import main
+
+    assert main(["distill", "--coordinator", "localhost:1", "--num-processes", "2"]) == 2
+    assert (
+        "give --coordinator, --num-processes and --process-id together" in capsys.readouterr().err
+    )
+    assert main(["distill", "--distributed", "--process-id", "0"]) == 2
+    assert "--distributed detects the cluster" in capsys.readouterr().err
+    argv = ["distill", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "5"]
+    assert main(argv) == 2
+    assert "process_id must be in [0, num_processes)" in capsys.readouterr().err

@@ -115,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("distill", help="distil a dataset into a few images per class")
     _add_distill_args(d)
+    hosts = d.add_argument_group(
+        "many hosts (jax.distributed; every process runs the same command)"
+    )
+    hosts.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+    hosts.add_argument("--num-processes", type=_positive_int, default=None)
+    hosts.add_argument("--process-id", type=_nonneg_int, default=None)
+    hosts.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-host run whose settings JAX detects from the cluster's environment "
+        "(SLURM, Open MPI, ...) instead of the three flags above",
+    )
     d.add_argument(
         "--out",
         type=Path,
@@ -594,15 +606,15 @@ def _distill_export_evaluate(args, dataset, s: RunSettings, out, resume, eval_mo
     import jax
 
     import bilevel
-    from distillation._distill import distill
+    from distillation._distill import data_parallel_mesh, distill
     from distillation.data._export import save_curves, save_distilled, save_image_grid, save_metrics
     from distillation.evaluation._evaluate import evaluate_support
 
     key = jax.random.key(s.seed)
     mesh = None
-    if args.devices is not None:
-        from distillation._distill import data_parallel_mesh
-
+    if jax.process_count() > 1:  # every device of every host
+        mesh = data_parallel_mesh()
+    elif args.devices is not None:
         mesh = data_parallel_mesh(jax.local_devices()[: args.devices])
     result = distill(
         dataset.x_train,
@@ -620,6 +632,8 @@ def _distill_export_evaluate(args, dataset, s: RunSettings, out, resume, eval_mo
         interrupts=interrupts,
         mesh=mesh,
     )
+    if jax.process_index() != 0:  # process 0 exports and evaluates
+        return {}
     support, history = result.support, result.history
     interrupts.set_phase(
         "exporting",
@@ -707,7 +721,14 @@ def cmd_distill(args, interrupts: InterruptGuard) -> int:
 
     out = args.out or _default_out(args)
     # Before any data is loaded or anything compiled: writable, not in use, not another run's.
-    with open_run_folder(out, resume=args.resume, overwrite=args.overwrite):
+    import contextlib
+
+    import jax
+
+    # Across hosts process 0 holds the folder; the others read its checkpoints.
+    lead = jax.process_index() == 0
+    folder = open_run_folder(out, resume=args.resume, overwrite=args.overwrite)
+    with folder if lead else contextlib.nullcontext():
         meta = read_checkpoint_meta(out) if args.resume else None
         if args.resume and meta is None:
             print(f"rcig: --resume: no checkpoint in {out}; starting from scratch", file=sys.stderr)
@@ -1054,6 +1075,38 @@ def _steady_seconds_per_step(history: list[dict]) -> float | None:
     return None
 
 
+def _start_distributed(args) -> str | None:
+    """Join the multi-host run the flags describe (before anything else touches JAX); the
+    problem with the flags, if any."""
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and all(f is None for f in flags):
+        return None
+    if args.distributed and any(f is not None for f in flags):
+        return (
+            "--distributed detects the cluster; do not also give --coordinator, "
+            "--num-processes or --process-id"
+        )
+    if args.devices is not None:
+        return "--devices applies to one process; across processes every device is used"
+    from distillation._distill import initialize_distributed
+
+    try:
+        if args.distributed:
+            initialize_distributed()
+        else:
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as exc:
+        return (
+            str(exc)
+            .replace("initialize_distributed: ", "")
+            .replace(
+                "coordinator, num_processes and process_id",
+                "--coordinator, --num-processes and --process-id",
+            )
+        )
+    return None
+
+
 def _devices_problem(args) -> str | None:
     """Why ``--devices`` cannot work with the other settings (checked before any data loads)."""
     import jax
@@ -1092,6 +1145,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"rcig: error: --norm batch: {BATCH_NORM_REFUSAL}", file=sys.stderr)
         return 2
+    if args.command == "distill":
+        problem = _start_distributed(args)
+        if problem:
+            print(f"rcig: error: {problem}", file=sys.stderr)
+            return 2
     if args.command in ("distill", "ablate", "sweep") and args.devices is not None:
         problem = _devices_problem(args)
         if problem:
