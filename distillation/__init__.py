@@ -25,7 +25,8 @@ Public names (``docs/architecture.md`` shows how they fit together):
   :class:`History`, :class:`Checkpointer`, :class:`Snapshots`, :class:`SignalStop`;
   :func:`distill` (a whole run from arrays) returning :class:`DistillResult`;
   :class:`Interrupted`, :class:`RunFailed`, :class:`InterruptGuard`.
-* Data, evaluation, export: :func:`load_dataset`, :class:`ImageDataset`, :class:`Preprocessor`,
+* Data, evaluation, export: :func:`load_dataset`, :func:`stream_dataset` (uint8 on disk until
+  a batch is drawn) and its :class:`HostImages`, :class:`ImageDataset`, :class:`Preprocessor`,
   :class:`EvalConfig`, :func:`evaluate_support`, :func:`save_distilled`, :func:`load_distilled`,
   :func:`import_official` and :func:`read_flax_msgpack` (the authors' released checkpoints);
   membership inference: :func:`privacy_evaluation`, :func:`run_attacks`, :class:`PrivacyRow`.
@@ -102,9 +103,10 @@ from distillation._tuning import (
     released_preround,
     released_schedule,
 )
-from distillation.data._datasets import ImageDataset, Preprocessor, load_dataset
+from distillation.data._datasets import HostImages, ImageDataset, Preprocessor, load_dataset
 from distillation.data._export import DistilledSet, load_distilled, save_distilled
 from distillation.data._official import import_official, read_flax_msgpack
+from distillation.data._stream import stream_dataset
 from distillation.evaluation._augment import dsa_augment, released_augment
 from distillation.evaluation._evaluate import EvalConfig, EvalResult, evaluate_support
 from distillation.evaluation._privacy import PrivacyRow, privacy_evaluation, run_attacks
@@ -123,6 +125,7 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "History",
+    "HostImages",
     "ImageDataset",
     "InnerProblem",
     "InnerRate",
@@ -187,5 +190,6 @@ __all__ = [
     "run",
     "save_distilled",
     "shard_state",
+    "stream_dataset",
     "vig",
 ]

@@ -60,6 +60,7 @@ from distillation._tuning import (
     released_schedule,
     solve_traces,
 )
+from distillation.data._datasets import HostImages
 from distillation.evaluation._augment import with_mirrors
 
 LrTuning = Literal["released", "probe", "none"]
@@ -216,7 +217,7 @@ class DistillState(eqx.Module):
 
 
 def init_support(
-    images: np.ndarray,
+    images: np.ndarray | HostImages,
     labels: np.ndarray,
     num_classes: int,
     ipc: int,
@@ -447,6 +448,39 @@ class Distiller:
             state.data_key, state.data_position, x_train.shape[0], self.config.target_batch
         )
         return x_train[index], y_train[index]
+
+    def batches(self, x_train, y_train) -> Callable[[DistillState], tuple[Array, Array]]:
+        """``state -> target batch``: :meth:`next_batch` compiled, for arrays; for training
+        images kept on the host (:class:`~distillation.data._stream.HostImages`, with integer
+        labels), the same indices computed on the device and the images read and preprocessed
+        on the host, so that only a batch is ever in memory."""
+        if isinstance(x_train, jax.Array | np.ndarray):
+            compiled = jax.jit(self.next_batch)
+            return lambda state: compiled(state, x_train, y_train)
+        n, size, k = len(x_train), self.config.target_batch, self.pool_classes
+        indices = jax.jit(lambda s: epoch_batch(s.data_key, s.data_position, n, size))
+        labels = np.asarray(y_train)
+
+        def host_batch(state):
+            index = np.asarray(indices(state))
+            onehot = np.eye(k, dtype=np.float32)[labels[index]]
+            return jnp.asarray(x_train[index]), jnp.asarray(onehot)
+
+        return host_batch
+
+    @property
+    def pool_classes(self) -> int:
+        return int(jax.eval_shape(self.pool.make_model, jax.random.key(0)).head.bias.shape[0])
+
+    def probe_data(self, x_train, y_train, *, key: Array) -> tuple[Any, Any]:
+        """What the learning-rate probes sample their target batches from: the arrays
+        themselves, or for host-kept images a random draw of ``4 × target_batch`` of them."""
+        if isinstance(x_train, jax.Array | np.ndarray):
+            return x_train, y_train
+        n = len(x_train)
+        draw = np.asarray(jax.random.choice(key, n, (min(n, 4 * self.config.target_batch),)))
+        onehot = np.eye(self.pool_classes, dtype=np.float32)[np.asarray(y_train)[draw]]
+        return jnp.asarray(x_train[draw]), jnp.asarray(onehot)
 
     def step(
         self, state: DistillState, batch: tuple[Array, Array]
@@ -794,7 +828,7 @@ def check_resumable(
 
 
 def distill(
-    x_train: np.ndarray,
+    x_train: np.ndarray | HostImages,
     y_train: np.ndarray,
     num_classes: int,
     algorithm: Algorithm,
@@ -817,7 +851,9 @@ def distill(
     with a progress bar, the history, checkpoints, snapshots and the signal stop as callbacks.
 
     Args:
-        x_train: real training images ``(N, H, W, C)`` in model-input space (float32).
+        x_train: real training images ``(N, H, W, C)`` in model-input space (float32), or
+            the ``x_train`` of :func:`~distillation.stream_dataset` (kept on the host as
+            uint8, each target batch read and preprocessed when drawn).
         y_train: integer labels ``(N,)``.
         num_classes: ``K``.
         algorithm: from :func:`~distillation.rcig` and friends.
@@ -858,9 +894,11 @@ def distill(
     import time
 
     t0 = time.perf_counter()
-    x_train = np.asarray(x_train, np.float32)
+    host_kept = not isinstance(x_train, jax.Array | np.ndarray)  # HostImages: read per batch
+    if not host_kept:
+        x_train = np.asarray(x_train, np.float32)
     y_train = np.asarray(y_train)
-    if x_train.ndim != 4:
+    if len(x_train.shape) != 4:
         raise ValueError(f"x_train must be (N, H, W, C), got shape {x_train.shape}.")
     snapshots = Snapshots(snapshot_steps, lambda st: ema_support(st, config.ema_decay), t0)
     meta: dict[str, Any] = {}
@@ -932,15 +970,21 @@ def distill(
         saved = checkpointer.last_saved if checkpointer is not None else start
         return f"the checkpoint at step {saved} in {checkpoint_dir} is kept"
 
-    x_dev = jnp.asarray(x_train)
-    y_dev = jax.nn.one_hot(jnp.asarray(y_train), num_classes, dtype=jnp.float32)
+    x_dev: Any
+    y_dev: Any
+    if host_kept:
+        x_dev, y_dev = x_train, y_train
+    else:
+        x_dev = jnp.asarray(x_train)
+        y_dev = jax.nn.one_hot(jnp.asarray(y_train), num_classes, dtype=jnp.float32)
     try:
         if start < config.steps:
             if interrupts is not None:
                 interrupts.set_phase("compiling", kept() + (_RESUME_HINT if start else ""))
             if distiller.has_preround and start == 0:
+                x_probe, y_probe = distiller.probe_data(x_dev, y_dev, key=k_state)
                 state = distiller.tune_learning_rates(
-                    state, x_dev, y_dev, on_probe=lambda a: bar.note(_rates("tuning", a))
+                    state, x_probe, y_probe, on_probe=lambda a: bar.note(_rates("tuning", a))
                 )
                 bar.note(_rates("tuned", state.algorithm))
             if interrupts is not None:

@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
+import numpy as np
 
 from distillation._checkpoint import RunFailed, save_checkpoint
 from distillation._interrupts import InterruptGuard
+from distillation.data._datasets import HostImages
 
 if TYPE_CHECKING:
     from distillation._distill import Distiller, DistillState, Snapshot
@@ -58,7 +60,7 @@ class Callback:
 def run(
     distiller: Distiller,
     state: DistillState,
-    data: tuple[jax.Array, jax.Array],
+    data: tuple[jax.Array, jax.Array] | tuple[HostImages, np.ndarray],
     steps: int,
     callbacks: Sequence[Callback] = (),
     *,
@@ -69,7 +71,9 @@ def run(
     Args:
         distiller: the step (:class:`~distillation.Distiller`).
         state: where to start (``state.step`` iterations already done).
-        data: the training images and their one-hot labels, on the device.
+        data: the training images and their one-hot labels, on the device; or images kept on
+            the host (:class:`~distillation.data._datasets.HostImages`) and integer labels,
+            read a target batch at a time.
         steps: the total number of iterations (not the number to run now).
         callbacks: called in order after each iteration (see the module docstring).
         log_every: the steps whose metrics are read back to the host (and every last step).
@@ -89,21 +93,22 @@ def run(
             callback.on_stop(start, state, False)
         return state
     x_train, y_train = data
-    batch_fn = jax.jit(distiller.next_batch)
-    batch = batch_fn(state, x_train, y_train)
+    batch_fn = distiller.batches(x_train, y_train)
+    batch = batch_fn(state)
     # Compiled ahead of time: the loop below only runs steps.
     step_fn = jax.jit(distiller.step, donate_argnums=0).lower(state, batch).compile()
-    probe_fn = (
-        jax.jit(distiller.probe, donate_argnums=0).lower(state, x_train, y_train).compile()
-        if distiller.tunes_by_probe
-        else None
-    )
+    probe_fn = None
+    if distiller.tunes_by_probe:
+        key = jax.random.wrap_key_data(state.data_key)
+        x_train, y_train = distiller.probe_data(x_train, y_train, key=key)
+        lowered = jax.jit(distiller.probe, donate_argnums=0).lower(state, x_train, y_train)
+        probe_fn = lowered.compile()
     done = start
     try:
         for it in range(start, steps):
             if probe_fn is not None and it % distiller.config.tune_every == 0:
                 state = probe_fn(state, x_train, y_train)
-            state, metrics = step_fn(state, batch_fn(state, x_train, y_train))
+            state, metrics = step_fn(state, batch_fn(state))
             done = it + 1
             row = None
             if done % log_every == 0 or done == steps:

@@ -82,6 +82,19 @@ def _choices_list(allowed: tuple[str, ...], flag: str):
     return parse
 
 
+def _load_training_set(args):
+    """The dataset of a distillation command: in memory, or streamed with ``--stream DIR``."""
+    if args.stream is not None:
+        from distillation.data._stream import stream_dataset
+
+        return stream_dataset(
+            args.dataset, args.stream, image_size=args.image_size, zca_block=args.zca_block
+        )
+    from distillation.data._datasets import load_dataset
+
+    return load_dataset(args.dataset, image_size=args.image_size, zca_block=args.zca_block)
+
+
 def _add_image_size(p: argparse.ArgumentParser, default_help: str) -> None:
     p.add_argument(
         "--image-size",
@@ -297,6 +310,15 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
         default=None,
         help="data parallelism over the first N local devices (target batch and model pool "
         "split; both must be divisible by N); default: one device",
+    )
+    p.add_argument(
+        "--stream",
+        type=Path,
+        default=None,
+        metavar="CACHE_DIR",
+        help="keep the training images as uint8 in a memory-mapped file in CACHE_DIR (written "
+        "once, a chunk at a time) and read each target batch when drawn: host memory does not "
+        "grow with the dataset",
     )
     p.add_argument(
         "--mixed-precision",
@@ -717,7 +739,6 @@ def _default_out(args) -> Path:
 def cmd_distill(args, interrupts: InterruptGuard) -> int:
     from distillation._checkpoint import read_checkpoint_meta
     from distillation._run_folder import open_run_folder
-    from distillation.data._datasets import load_dataset
 
     out = args.out or _default_out(args)
     # Before any data is loaded or anything compiled: writable, not in use, not another run's.
@@ -739,7 +760,7 @@ def cmd_distill(args, interrupts: InterruptGuard) -> int:
             else None
         )
         interrupts.set_phase("loading the data", kept)
-        dataset = load_dataset(args.dataset, image_size=args.image_size, zca_block=args.zca_block)
+        dataset = _load_training_set(args)
         small = _is_small(dataset)
         eval_models = args.eval_models if args.eval_models is not None else (3 if small else 5)
         run_one(args, dataset, args.method, args.seed, out, args.resume, eval_models, interrupts)
@@ -919,7 +940,6 @@ def cmd_ablate(args, interrupts: InterruptGuard) -> int:
     import numpy as np
 
     from distillation._run_folder import check_writable, open_run_folder
-    from distillation.data._datasets import load_dataset
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -933,7 +953,7 @@ def cmd_ablate(args, interrupts: InterruptGuard) -> int:
     out = args.out or Path("runs") / f"ablate-{name}-ipc{args.ipc}"
     check_writable(out)  # before any data is loaded or anything compiled
     interrupts.set_phase("loading the data")
-    dataset = load_dataset(args.dataset, image_size=args.image_size, zca_block=args.zca_block)
+    dataset = _load_training_set(args)
     small = _is_small(dataset)
     eval_models = args.eval_models if args.eval_models is not None else (3 if small else 5)
     rows = {}
@@ -1006,7 +1026,6 @@ def cmd_sweep(args, interrupts: InterruptGuard) -> int:
     a pair finished with the same settings (fingerprint) is read from ``sweep.json`` and not run
     again, and an interrupted pair continues from its checkpoint."""
     from distillation._run_folder import check_writable, open_run_folder
-    from distillation.data._datasets import load_dataset
     from distillation.data._export import save_metrics, save_sweep_figure
 
     inner = _int_list(args.inner_steps, "--inner-steps")
@@ -1019,7 +1038,7 @@ def cmd_sweep(args, interrupts: InterruptGuard) -> int:
     out = args.out or Path("runs") / f"sweep-{name}-{args.method}-ipc{args.ipc}-seed{args.seed}"
     check_writable(out)  # before any data is loaded or anything compiled
     interrupts.set_phase("loading the data")
-    dataset = load_dataset(args.dataset, image_size=args.image_size, zca_block=args.zca_block)
+    dataset = _load_training_set(args)
     eval_models = args.eval_models if args.eval_models is not None else 1
     record_path = out / "sweep.json"
     record = _read_json(record_path)

@@ -152,12 +152,55 @@ class Preprocessor:
         return (x * self.std + self.mean).astype(np.float32)
 
 
+class HostImages:
+    """uint8 training images ``(N, H, W, C)`` (an array or a memory map) and the preprocessing
+    that turns them into model input. ``images[index]`` with an integer array returns the model
+    input of those images (float32), reading only their rows; ``shape`` and ``len`` are the
+    dataset's. Made by :func:`~distillation.stream_dataset`."""
+
+    def __init__(self, pixels: np.ndarray, preprocessor: Preprocessor):
+        if pixels.dtype != np.uint8 or pixels.ndim != 4:
+            raise ValueError(
+                f"HostImages: expected uint8 pixels (N, H, W, C), got {pixels.dtype} "
+                f"{pixels.shape}."
+            )
+        self.pixels = pixels
+        self.preprocessor = preprocessor
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.pixels.shape)
+
+    @property
+    def dtype(self):
+        return np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.pixels.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = np.asarray(index)
+        if index.dtype == bool or not np.issubdtype(index.dtype, np.integer):
+            raise TypeError("HostImages: index with an integer array of image indices.")
+        flat = index.reshape(-1)
+        order = np.argsort(flat, kind="stable")  # rows in file order: sequential reads
+        rows = np.empty((flat.size, *self.pixels.shape[1:]), np.uint8)
+        rows[order] = self.pixels[flat[order]]
+        return self.preprocessor(rows / np.float32(255.0)).reshape(*index.shape, *self.shape[1:])
+
+    def chunks01(self, size: int):
+        """The images in ``[0, 1]`` (float32), ``size`` at a time."""
+        for start in range(0, len(self), size):
+            yield self.pixels[start : start + size] / np.float32(255.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageDataset:
-    """A dataset ready for distillation: model-input images, labels, and the preprocessing."""
+    """A dataset ready for distillation: model-input images, labels, and the preprocessing
+    (``x_train`` is :class:`HostImages` for a streamed dataset)."""
 
     name: str
-    x_train: np.ndarray
+    x_train: np.ndarray | HostImages
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
@@ -665,14 +708,23 @@ def _load_imagefolder(path: Path, image_size: int | None) -> RawSplits:
     return _from_dataset_dict(dsd, str(path), image_size)
 
 
+def parquet_data_files(files: list[Path]) -> dict[str, list[str]]:
+    """``{"train": [...], "test": [...]}`` from parquet file (or folder) names: the test split is
+    the first of ``test``, ``validation``, ``valid``, ``val`` that names a file."""
+    named = lambda split: [str(p) for p in files if split in p.name or split in p.parent.name]
+    data_files = {}
+    if named("train"):
+        data_files["train"] = named("train")
+    test = next((named(name) for name in TEST_SPLITS if named(name)), None)
+    if test:
+        data_files["test"] = test
+    return data_files
+
+
 def _load_parquet(files: list[Path], root: Path, image_size: int | None) -> RawSplits:
     import datasets
 
-    data_files = {}
-    for split in ("train", *TEST_SPLITS):
-        chosen = [str(p) for p in files if split in p.name or split in p.parent.name]
-        if chosen and not (split == "val" and "validation" in data_files):
-            data_files[split] = chosen
+    data_files = parquet_data_files(files)
     if "train" not in data_files:
         raise ValueError(f"{root}: missing split 'train': no parquet file named with 'train'.")
     try:
