@@ -6,7 +6,7 @@ ConvNet, ResNet-18, VGG-11 and AlexNet for 28/32-px inputs, each with ``"none"``
 statistics at test time, with a learned scale and shift). Two definitions:
 
 * ``"released"`` (the default): the networks of the authors' released ``models.py`` as their
-  ``eval.py`` builds them, which produced the paper's Table 3. They differ from the field's
+  ``eval.py`` builds them (the evaluation the released code runs). They differ from the field's
   versions in ways that matter: VGG-11 has 128 channels in every convolution and average
   pooling; ResNet-18 normalises only after its first convolution (the blocks are built without
   the normalisation argument), flattens the 4×4×512 map without global pooling, and
