@@ -116,11 +116,20 @@ def main(argv=None):
     parser.add_argument("--time", action="store_true")
     parser.add_argument("--time-width", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--keep-memory",
+        action="store_true",
+        help="reuse the memory rows of benchmarks/results/scale.json (add the timing only)",
+    )
     args = parser.parse_args(argv)
+    saved = ROOT / "benchmarks" / "results" / "scale.json"
     rows = []
-    for size, classes, ipc, n_subset, what, paper in ROWS if args.rows == "all" else SMALL:
-        rows.append(memory_row(size, classes, ipc, n_subset, what, paper, args.width))
-        print(json.dumps(rows[-1]), flush=True)
+    if args.keep_memory:
+        rows = json.loads(saved.read_text())["memory"]
+    else:
+        for size, classes, ipc, n_subset, what, paper in ROWS if args.rows == "all" else SMALL:
+            rows.append(memory_row(size, classes, ipc, n_subset, what, paper, args.width))
+            print(json.dumps(rows[-1]), flush=True)
     timing = []
     if args.time:
         for size, classes, ipc in TIME_ROWS:
@@ -132,9 +141,10 @@ def main(argv=None):
         "memory": rows,
         "timing": timing,
     }
-    (ROOT / "benchmarks" / "results" / "scale.json").write_text(json.dumps(result, indent=2))
+    saved.write_text(json.dumps(result, indent=2))
     cmd = f"python benchmarks/scale.py --rows {args.rows} --width {args.width}"
     if args.time:
+        cmd = f"{cmd}`, then `{cmd} --keep-memory" if args.keep_memory else cmd
         cmd += f" --time --time-width {args.time_width} --repeats {args.repeats}"
     lines = [
         "# Memory and speed at scale",

@@ -188,3 +188,39 @@ def test_evaluate_several_networks_from_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--arch", "resnet50"])
     assert "expected a comma-separated list of convnet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arch", ["convnet", pytest.param("vgg11", marks=pytest.mark.slow),
+             pytest.param("resnet18", marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_batch_norm_uses_the_batch_in_training_and_its_statistics_in_testing(arch):
+    """Train mode normalises over the batch and the pixels: a bias just before a batch norm has
+    no effect (zero gradient). Test mode with every layer's running statistics set to that
+    layer's statistics on a batch reproduces train mode on that batch (recovered from one
+    update from mean 0 / variance 1: new = (1 − w)·old + w·batch)."""
+    from distillation._architectures import Conv, build_network
+
+    definition = "dc" if arch == "resnet18" else "released"  # released blocks: no norm
+    x = jax.random.normal(jax.random.key(8), (6, 32, 32, 3))
+    net, stats = build_network(
+        arch, (32, 32, 3), 10, key=jax.random.key(9), norm="batch", width=8,
+        definition=definition,
+    )  # fmt: skip
+    y = jax.random.normal(jax.random.key(10), (6, 10))
+
+    def loss(m):
+        return jnp.sum((m(x, stats, train=True)[0] - y) ** 2)
+
+    grads = jax.grad(loss)(net)
+    first_conv = grads.layers[0]
+    assert isinstance(first_conv, Conv)
+    if first_conv.bias is not None:  # ResNet's convolutions have no bias
+        scale = float(jnp.abs(first_conv.weight).max())
+        assert float(jnp.abs(first_conv.bias).max()) < 1e-4 * scale
+    train_out, new = net(x, stats, train=True)
+    w = net.layers[1].batch_weight
+    exact = tuple((m / w, (v - (1 - w)) / w) for m, v in new)
+    test_out, _ = net(x, exact, train=False)
+    scale = float(jnp.abs(train_out).max())
+    np.testing.assert_allclose(test_out, train_out, rtol=1e-3, atol=1e-3 * scale)
