@@ -93,14 +93,20 @@ def run(
             callback.on_stop(start, state, False)
         return state
     x_train, y_train = data
-    batch_fn = distiller.batches(x_train, y_train)
+    host_kept = isinstance(x_train, HostImages)  # read a target batch at a time
+    if host_kept:
+        batch_fn = distiller.batches(x_train, y_train)
+    else:
+        next_batch = jax.jit(distiller.next_batch)
+        batch_fn = lambda s: next_batch(s, x_train, y_train)  # noqa: E731
     batch = batch_fn(state)
     # Compiled ahead of time: the loop below only runs steps.
     step_fn = jax.jit(distiller.step, donate_argnums=0).lower(state, batch).compile()
     probe_fn = None
     if distiller.tunes_by_probe:
-        key = jax.random.wrap_key_data(state.data_key)
-        x_train, y_train = distiller.probe_data(x_train, y_train, key=key)
+        if host_kept:
+            key = jax.random.wrap_key_data(state.data_key)
+            x_train, y_train = distiller.probe_data(x_train, y_train, key=key)
         lowered = jax.jit(distiller.probe, donate_argnums=0).lower(state, x_train, y_train)
         probe_fn = lowered.compile()
     done = start
