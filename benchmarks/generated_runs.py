@@ -61,7 +61,7 @@ def _run(argv: list[str]) -> dict:
         raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr[-3000:]}")
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     return {
-        "command": " ".join(argv[2:]),
+        "command": " ".join(argv[3:]),
         "wall_s": seconds,
         "peak_rss_gib": peak_kib / 2**20,
         "peak_is_this_run": peak_kib > before,
@@ -82,6 +82,7 @@ def main(argv=None):
         common = [
             "--ipc", "1", "--steps", str(args.steps), "--width", str(args.width),
             "--eval-models", "1", "--eval-steps", "100", "--no-progress", "--pool-size", "10",
+            "--lr-tuning", "none",
         ]  # fmt: skip
         runs = {
             "Tiny-ImageNet-shaped (64 px, 200 classes, 2000 images)": [
@@ -115,8 +116,10 @@ def main(argv=None):
         "",
         "Generated parquet datasets in the hub's schema (class-dependent random colours), run "
         f"through `rcig distill ... --stream` for {args.steps} iterations at width {args.width} "
-        "(depth 4 at 64 px, 5 at 128 px; block ZCA with 64-px blocks at 128 px), one evaluation "
-        "model of 100 steps. Peak memory is the child process's `ru_maxrss` (resident set, "
+        "(depth 4 at 64 px, 5 at 128 px; block ZCA with 64-px blocks at 128 px), the learning "
+        "rates left at their starting values (`--lr-tuning none`: the pre-round's probes at these "
+        "sizes would dominate the time), one evaluation model of 100 steps. Peak memory is the "
+        "child process's `ru_maxrss` (resident set, "
         "including JAX's compiled programs and the memory-mapped pages it touched).",
         "",
         "| run | wall-clock (s) | of which distilling (s) | peak RSS (GiB) | test accuracy (%) |",
