@@ -76,6 +76,25 @@ def _materialise_zeros(primal: PyTree, tangent: PyTree) -> PyTree:
     return jax.tree_util.tree_map(leaf, primal, tangent, is_leaf=lambda x: x is None)
 
 
+def _tie_to_tangents(rhs: PyTree) -> PyTree:
+    """``rhs`` with every leaf made to depend (by adding ``0·Σ rhs``) on the tangents.
+
+    A leaf of ``∂F/∂args · ṫ`` that does not depend on the arguments (a part of the solution
+    that no argument moves) is a constant zero, not a tangent; ``custom_linear_solve`` cannot
+    transpose a right-hand side that mixes the two (jax-ml/jax#10929: an ``AssertionError`` in
+    reverse mode). The added term is zero and linear in the tangents, so values and derivatives
+    are unchanged."""
+    leaves = [x for x in jax.tree_util.tree_leaves(rhs) if _is_inexact_array(x)]
+    if len(leaves) < 2:
+        return rhs
+    tie = 0 * jnp.sum(jnp.stack([jnp.sum(jnp.real(x)).astype(jnp.float32) for x in leaves]))
+
+    def leaf(x):
+        return x + tie.astype(x.dtype) if _is_inexact_array(x) else x
+
+    return jax.tree_util.tree_map(leaf, rhs)
+
+
 def _as_arrays(tree: PyTree) -> PyTree:
     """Python floats (and the typed scalars JAX hands to custom_jvp rules) as arrays, so that a
     scalar hyperparameter is always a dynamic, differentiable input of the rule. Python ints
@@ -121,6 +140,7 @@ def _root_jvp(primals, tangents, *, linear_solve, symmetric, has_aux):
             return i[0](root, i[1])
 
         _, rhs = jax.jvp(f, (dynamic,), (t_dynamic,))
+        rhs = _tie_to_tangents(rhs)
 
         def matvec(u):
             return jax.jvp(lambda p: optimality(p, args), (root,), (u,))[1]

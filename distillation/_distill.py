@@ -66,16 +66,6 @@ from distillation.evaluation._augment import with_mirrors
 LrTuning = Literal["released", "probe", "none"]
 
 
-BATCH_NORM_REFUSAL = (
-    "distilling with norm='batch' is not supported: the released RCIG (BN) normalises the inner "
-    "and outer problems with each pool model's running statistics (updated only while the pool "
-    "trains), which the model pool here does not keep, and normalising with each forward pass's "
-    "own batch would make the result depend on how the support set is chunked. Distil with "
-    "'none' (the paper's default) and evaluate on batch-normalised networks with "
-    "`rcig evaluate --norm batch`."
-)
-
-
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """Settings of a distillation run (parsed at the entry point; typed all the way down).
@@ -100,9 +90,13 @@ class DistillConfig:
             fixed rates.
         ema_decay: the result (exported, evaluated) is the bias-corrected exponential moving
             average of the support set with this decay; 0: the last iterate.
-        norm: the distillation ConvNet's normalisation, ``"none"`` (the paper's) or
-            ``"instance"``; ``"batch"`` (the paper's RCIG (BN) row) is refused with the reason
-            (see :data:`BATCH_NORM_REFUSAL`).
+        norm: the distillation ConvNet's normalisation: ``"none"`` (the paper's), ``"instance"``,
+            or ``"batch"`` (the paper's RCIG (BN) row, as the released code: each pool model
+            keeps running statistics, moved only while the pool trains on the whole support
+            set in training mode; every inner, Hessian and outer pass normalises with the
+            selected model's running statistics, and the batch-norm scales and offsets are
+            part of the inner problem's displacement). Batch norm needs the pool's training
+            batch whole, so it is refused with subsampling (``n_subset`` < |S|).
         mixed_precision: the ConvNet's convolutions take bfloat16 operands and sum in float32
             (an option for GPUs and TPUs, whose matrix units run bfloat16 several times faster;
             on CPU it is slower); the |S|×|S| solve keeps the algorithm's ``precision``
@@ -183,8 +177,10 @@ class DistillConfig:
             raise ValueError(
                 f"DistillConfig: `l2_per_image` must be >= 0, got {self.l2_per_image!r}."
             )
-        if self.norm == "batch":
-            raise ValueError(BATCH_NORM_REFUSAL)
+        if self.norm not in ("none", "instance", "batch"):
+            raise ValueError(
+                f"DistillConfig: `norm` must be 'none', 'instance' or 'batch', got {self.norm!r}."
+            )
         if self.n_subset is not None and self.n_subset < 1:
             raise ValueError(
                 f"DistillConfig: `n_subset` must be None or >= 1, got {self.n_subset!r}."
@@ -425,6 +421,13 @@ class Distiller:
 
     def init(self, support: SupportSet, *, key: Array) -> DistillState:
         """The state before the first iteration."""
+        n, k = support.images.shape[0], self.config.n_subset
+        if self.config.norm == "batch" and k is not None and k < n:
+            raise ValueError(
+                f"norm='batch' with n_subset={k} < |S|={n}: the batch-normalised pool trains on "
+                "the whole support set as one batch (its statistics are the batch's), which "
+                "subsampling splits. Use n_subset=None (or >= |S|), or norm='none'."
+            )
         k_pool, k_run, k_data = jax.random.split(key, 3)
         return DistillState(
             support=support,

@@ -13,6 +13,7 @@ The model is split into ``body`` (:class:`ConvBody`, the feature extractor ``θ_
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import equinox as eqx
@@ -32,14 +33,60 @@ def _activation(name: str, x: Array) -> Array:
     return jax.nn.softplus(SOFTPLUS_TEMPERATURE * x) / SOFTPLUS_TEMPERATURE
 
 
-def _normalise(kind: str, x: Array, eps: float = 1e-5) -> Array:
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.1
+
+
+def _normalise(kind: str, x: Array, eps: float = BN_EPSILON) -> Array:
     if kind == "none":
         return x
-    # No affine parameters and no running statistics: "batch" uses the current batch.
-    axes = (1, 2) if kind == "instance" else (0, 1, 2)
-    mean = jnp.mean(x, axis=axes, keepdims=True)
-    var = jnp.var(x, axis=axes, keepdims=True)
+    # Instance norm: no affine parameters, statistics of each image.
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    var = jnp.var(x, axis=(1, 2), keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+class BatchNorm(eqx.Module):
+    """One batch-norm layer of the distillation ConvNet, with flax's conventions (the released
+    code's ``nn.BatchNorm(momentum=0.1, epsilon=1e-5)``).
+
+    ``scale`` and ``offset`` are parameters (trained by the pool, and part of the inner
+    problem's displacement, as in the released code's tangent mask). ``mean`` and ``var`` are
+    the running statistics: used in evaluation mode (every inner, Hessian and outer pass) under
+    ``stop_gradient``, so no derivative ever flows into them; changed only by
+    :meth:`ConvBody.train_forward` (the pool's training steps), as
+    ``momentum·old + (1 − momentum)·batch`` with the batch's biased variance.
+    """
+
+    scale: Float[Array, " c"]
+    offset: Float[Array, " c"]
+    mean: Float[Array, " c"]
+    var: Float[Array, " c"]
+
+    def __call__(self, x: Array) -> Array:
+        mean = jax.lax.stop_gradient(self.mean)
+        var = jax.lax.stop_gradient(self.var)
+        return self._apply(x, mean, var)
+
+    def _apply(self, x: Array, mean: Array, var: Array) -> Array:
+        row = lambda v: v.reshape(1, 1, 1, -1)
+        return (x - row(mean)) * row(jax.lax.rsqrt(var + BN_EPSILON) * self.scale) + row(
+            self.offset
+        )
+
+    def train_forward(self, x: Array) -> tuple[Array, BatchNorm]:
+        """Normalise with the batch's statistics; the layer with updated running statistics."""
+        mean = jnp.mean(x, axis=(0, 1, 2))
+        var = jnp.var(x, axis=(0, 1, 2))
+        out = self._apply(x, mean, var)
+        keep = lambda old, new: BN_MOMENTUM * old + (1.0 - BN_MOMENTUM) * jax.lax.stop_gradient(new)
+        moved = BatchNorm(self.scale, self.offset, keep(self.mean, mean), keep(self.var, var))
+        return out, moved
+
+
+def _fresh_batch_norm(channels: int, dtype) -> BatchNorm:
+    ones, zeros = jnp.ones((channels,), dtype), jnp.zeros((channels,), dtype)
+    return BatchNorm(ones, zeros, zeros, ones)
 
 
 def conv2d(x: Array, w: Array, pad: int, stride: int = 1, compute_dtype: str = "float32") -> Array:
@@ -83,7 +130,12 @@ def _lecun_normal(key, shape, fan_in, dtype):
 
 
 class ConvBody(eqx.Module):
-    """The feature extractor: ``depth`` conv blocks, then flatten. Input ``(N, H, W, C)``."""
+    """The feature extractor: ``depth`` conv blocks, then flatten. Input ``(N, H, W, C)``.
+
+    With ``norm="batch"``, ``batch_norms`` holds one :class:`BatchNorm` per block; calling the
+    body normalises with their running statistics (evaluation mode, a per-image function, so
+    any chunking of a batch gives the same outputs) and :meth:`train_forward` with the batch's.
+    """
 
     weights: tuple[Array, ...]
     biases: tuple[Array, ...]
@@ -91,14 +143,33 @@ class ConvBody(eqx.Module):
     norm: str = eqx.field(static=True)
     activation: str = eqx.field(static=True)
     compute_dtype: str = eqx.field(static=True, default="float32")
+    batch_norms: tuple[BatchNorm, ...] = ()
 
-    def __call__(self, x: Float[Array, "n h w c"]) -> Float[Array, "n d"]:
-        for w, b, pad in zip(self.weights, self.biases, self.paddings, strict=True):
-            x = conv2d(x, w, pad, compute_dtype=self.compute_dtype)
-            x = _normalise(self.norm, x + b.reshape(1, 1, 1, -1))
+    def _blocks(self, x: Array, train: bool) -> tuple[Array, tuple[BatchNorm, ...]]:
+        moved = []
+        for i, (w, b, pad) in enumerate(zip(self.weights, self.biases, self.paddings, strict=True)):
+            x = conv2d(x, w, pad, compute_dtype=self.compute_dtype) + b.reshape(1, 1, 1, -1)
+            if self.norm == "batch":
+                if train:
+                    x, bn = self.batch_norms[i].train_forward(x)
+                    moved.append(bn)
+                else:
+                    x = self.batch_norms[i](x)
+            else:
+                x = _normalise(self.norm, x)
             x = _activation(self.activation, x)
             x = avg_pool2(x)
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], -1), tuple(moved)
+
+    def __call__(self, x: Float[Array, "n h w c"]) -> Float[Array, "n d"]:
+        return self._blocks(x, train=False)[0]
+
+    def train_forward(self, x: Float[Array, "n h w c"]) -> tuple[Float[Array, "n d"], ConvBody]:
+        """Training mode: batch norm with the statistics of ``x`` (one whole batch); returns
+        the features and the body with updated running statistics (the same as calling it
+        without batch norm)."""
+        features, moved = self._blocks(x, train=True)
+        return features, dataclasses.replace(self, batch_norms=moved)
 
 
 class Head(eqx.Module):
@@ -123,15 +194,24 @@ class ConvNet(eqx.Module):
     def __call__(self, x: Float[Array, "n h w c"]) -> Float[Array, "n k"]:
         return self.head(self.body(x))
 
+    def train_forward(self, x: Float[Array, "n h w c"]) -> tuple[Float[Array, "n k"], ConvNet]:
+        """Training mode (see :meth:`ConvBody.train_forward`): outputs and the network with
+        updated running statistics."""
+        features, body = self.body.train_forward(x)
+        return self.head(features), dataclasses.replace(self, body=body)
+
+    @property
+    def has_running_stats(self) -> bool:
+        """Whether training mode differs from calling the network (batch norm)."""
+        return self.body.norm == "batch"
+
     def with_activation(self, activation: Activation) -> ConvNet:
         """The same weights with another activation (softplus to distil, ReLU to evaluate)."""
         return eqx.tree_at(lambda m: m.body, self, _replace_activation(self.body, activation))
 
 
 def _replace_activation(body: ConvBody, activation: str) -> ConvBody:
-    return ConvBody(
-        body.weights, body.biases, body.paddings, body.norm, activation, body.compute_dtype
-    )
+    return dataclasses.replace(body, activation=activation)
 
 
 def default_depth(image_size: int) -> int:
@@ -172,7 +252,10 @@ def conv_net(
         key: PRNG key (keyword-only, required).
         width: channels of the first block; doubles at each block.
         depth: number of conv blocks (``None``: :func:`default_depth`).
-        norm: ``"none"`` (the paper's default), ``"instance"`` or ``"batch"``.
+        norm: ``"none"`` (the paper's default), ``"instance"`` (statistics of each image, no
+            parameters) or ``"batch"`` (:class:`BatchNorm` after each convolution: scale and
+            offset, running statistics used when the network is called, batch statistics in
+            :meth:`ConvNet.train_forward`; the released code's ``Conv(normalization="batch")``).
         activation: ``"softplus"`` (temperature 60) or ``"relu"``.
         dtype: parameter dtype.
         compute_dtype: ``"float32"``, or ``"bfloat16"`` for the convolutions' operands (sums in
@@ -214,7 +297,14 @@ def conv_net(
         size_h, size_w = (size_h + 2 * pad - 2) // 2, (size_w + 2 * pad - 2) // 2
         cin = cout
     feat = size_h * size_w * cin
-    body = ConvBody(tuple(weights), tuple(biases), tuple(paddings), norm, activation, compute_dtype)
+    batch_norms = (
+        tuple(_fresh_batch_norm(width * 2**i, dtype) for i in range(depth))
+        if norm == "batch"
+        else ()
+    )
+    body = ConvBody(
+        tuple(weights), tuple(biases), tuple(paddings), norm, activation, compute_dtype, batch_norms
+    )
     head = Head(
         _lecun_normal(keys[-1], (feat, num_classes), feat, dtype), jnp.zeros(num_classes, dtype)
     )

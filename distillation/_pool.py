@@ -95,14 +95,32 @@ class ModelPool(eqx.Module):
         k_count, k_fresh = jax.random.split(key)
         count = jax.random.randint(k_count, (), 1, self.max_steps + 1, dtype=state.ages.dtype)
 
+        if model.has_running_stats and isinstance(images, Partitioned):
+            raise ValueError(
+                "ModelPool.train_step: a batch-normalised pool model trains on the whole support "
+                "set as one batch (its statistics are the batch's), so it cannot take a "
+                "Partitioned batch (subsampling with n_subset < |S|)."
+            )
+
         def loss_fn(m):
             # ½ mean over images and classes (the released code's Σ ½(f − y)² / (N·K)).
-            return 0.5 * jnp.mean((map_batch(m, images) - labels) ** 2)
+            if m.has_running_stats:
+                # Training mode, as the released pool: the batch's statistics, and the
+                # running ones moved towards them.
+                outputs, moved = m.train_forward(images)
+            else:
+                outputs, moved = map_batch(m, images), m
+            return 0.5 * jnp.mean((outputs - labels) ** 2), moved
 
         def one_step(carry):
             m, o = carry
-            loss, grads = jax.value_and_grad(loss_fn)(m)
-            return optax_step(self.optimizer, grads, o, m), loss
+            (loss, moved), grads = jax.value_and_grad(loss_fn, has_aux=True)(m)
+            m, o = optax_step(self.optimizer, grads, o, m)
+            if m.has_running_stats:
+                # The stepped parameters with the statistics of this step's batch (the running
+                # statistics get no gradient, so the optimizer left them as they were).
+                m = eqx.tree_at(lambda t: t.body.batch_norms, m, _with_stats(m, moved))
+            return (m, o), loss
 
         unroll = jax.default_backend() == "cpu" if self.unroll is None else self.unroll
         (model, opt_state), loss = one_step((model, opt_state))
@@ -134,3 +152,11 @@ class ModelPool(eqx.Module):
             state.ages.at[index].set(jnp.where(renew, 0, age)),
         )
         return new_state, loss
+
+
+def _with_stats(stepped: ConvNet, moved: ConvNet):
+    """``stepped``'s batch-norm parameters with ``moved``'s running statistics."""
+    return tuple(
+        eqx.tree_at(lambda b: (b.mean, b.var), p, (q.mean, q.var))
+        for p, q in zip(stepped.body.batch_norms, moved.body.batch_norms, strict=True)
+    )

@@ -85,6 +85,17 @@ def test_export_round_trip_and_format(tmp_path):
         assert "zca_whitening" not in f.files
 
 
+def test_distill_with_batch_norm_records_it_and_evaluates_on_the_bn_convnet(tmp_path, capsys):
+    """``--norm batch`` (RCIG (BN)) runs, is recorded in the export, and the set is evaluated
+    on the batch-normalised ConvNet."""
+    out = tmp_path / "bn"
+    argv = ["distill", "--norm", "batch", "--steps", "2", "--eval-models", "1", "--out", str(out)]
+    assert main([*argv, *TINY]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps_done"] == 2 and len(metrics["eval"]["accs"]) == 1
+    assert load_distilled(out / "distilled.npz").config["norm"] == "batch"
+
+
 def test_load_distilled_rejects_other_files(tmp_path):
     np.savez(tmp_path / "x.npz", foo=np.zeros(3))
     with pytest.raises(ValueError, match=r"missing keys \['images', 'labels', 'mean', 'std'\]"):
@@ -201,7 +212,10 @@ def test_random_baseline_and_ablation_table(tmp_path):
         (["distill", "--dataset", "no_such_set"], "unknown dataset 'no_such_set'"),
         (["distill", "--ipc", "1000", "--steps", "1", "--no-progress"], "ipc=1000"),
         (["ablate", "--methods", "rcig,magic"], "unknown ['magic']"),
-        (["distill", "--norm", "batch"], "running statistics"),
+        (
+            ["distill", "--norm", "batch", "--n-subset", "4", "--steps", "1", "--no-progress"],
+            "n_subset=4 < |S|=10",
+        ),
     ],
 )
 def test_bad_input_gives_clear_error(argv, message, capsys):

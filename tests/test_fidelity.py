@@ -34,9 +34,9 @@ from distillation.cli._commands import table7_steps
 from distillation.evaluation._augment import _released_transforms, released_augment
 
 
-def _tiny(dtype=jnp.float64, n_support=4, n_target=6, width=3, seed=0):
+def _tiny(dtype=jnp.float64, n_support=4, n_target=6, width=3, seed=0, norm="none"):
     keys = jax.random.split(jax.random.key(seed), 4)
-    model = conv_net((8, 8, 1), 3, key=keys[0], width=width, depth=2, dtype=dtype)
+    model = conv_net((8, 8, 1), 3, key=keys[0], width=width, depth=2, dtype=dtype, norm=norm)
     x_s = jax.random.normal(keys[1], (n_support, 8, 8, 1), dtype)
     y_s = jax.nn.one_hot(jnp.arange(n_support) % 3, 3, dtype=dtype) - 1.0 / 3
     x_t = jax.random.normal(keys[2], (n_target, 8, 8, 1), dtype)
@@ -89,12 +89,20 @@ def test_krr_head_is_the_released_loss_and_prediction(x64):
     assert not any(jax.tree_util.tree_leaves(frozen.body))
 
 
-def test_released_rcig_meta_gradient_is_the_released_formula(x64):
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_released_rcig_meta_gradient_is_the_released_formula(x64, norm):
     """The released ``do_meta_train_step``, written out: inner solve with the head's weight held
     at 0, ``v = H⁻¹g_t`` over the full displacement (head weight included), implicit part
     ``−∂_S vᵀ∇_Δ L(Δ*, S)``, direct part ``∂_S`` of the outer loss minus the label margin at
-    fixed ``Δ*``. Dense solves in float64, so the two sides differ only by rounding."""
-    model, x_s, y_s, x_t, y_t = _tiny()
+    fixed ``Δ*``. Dense solves in float64, so the two sides differ only by rounding.
+
+    With batch norm (RCIG (BN)), every pass normalises with the pool model's running statistics
+    (here moved away from their start by one training-mode pass), and the displacement includes
+    the batch-norm scales and offsets, as the released code's tangent mask."""
+    model, x_s, y_s, x_t, y_t = _tiny(norm=norm)
+    if norm == "batch":
+        _, model = model.train_forward(x_t * 2.0 + 0.5)
+        assert float(jnp.abs(model.body.batch_norms[0].mean).max()) > 1e-2
     support = SupportSet(x_s, y_s, jnp.asarray(0.2))
     l2 = jnp.asarray(2.0)
     algorithm = rcig(n_inner=1500, linear_solver=bilevel.Dense(), inner_optimizer=optax.sgd)
