@@ -29,7 +29,9 @@ Public names (``docs/architecture.md`` shows how they fit together):
   a batch is drawn) and its :class:`HostImages`, :class:`ImageDataset`, :class:`Preprocessor`,
   :class:`EvalConfig`, :func:`evaluate_support`, :func:`save_distilled`, :func:`load_distilled`,
   :func:`import_official` and :func:`read_flax_msgpack` (the authors' released checkpoints);
-  membership inference: :func:`privacy_evaluation`, :func:`run_attacks`, :class:`PrivacyRow`.
+  membership inference: :func:`privacy_evaluation`, :func:`run_attacks`, :class:`PrivacyRow`;
+  DD-Ranking's scores: :func:`dd_ranking`, :func:`label_robust_score`,
+  :func:`augmentation_robust_score`, :class:`RankingResult`.
 """
 
 from distillation._algorithms import (
@@ -110,6 +112,12 @@ from distillation.data._stream import stream_dataset
 from distillation.evaluation._augment import dsa_augment, released_augment
 from distillation.evaluation._evaluate import EvalConfig, EvalResult, evaluate_support
 from distillation.evaluation._privacy import PrivacyRow, privacy_evaluation, run_attacks
+from distillation.evaluation._ranking import (
+    RankingResult,
+    augmentation_robust_score,
+    dd_ranking,
+    label_robust_score,
+)
 
 __all__ = [
     "Algorithm",
@@ -141,12 +149,14 @@ __all__ = [
     "Preprocessor",
     "PrivacyRow",
     "ProgressBar",
+    "RankingResult",
     "RunFailed",
     "SignalStop",
     "Snapshot",
     "Snapshots",
     "StandardNetwork",
     "SupportSet",
+    "augmentation_robust_score",
     "cig",
     "classify_trace",
     "clip_to_direct",
@@ -155,6 +165,7 @@ __all__ = [
     "compose",
     "conv_net",
     "data_parallel_mesh",
+    "dd_ranking",
     "distill",
     "dsa_augment",
     "ema_support",
@@ -166,6 +177,7 @@ __all__ = [
     "init_support",
     "inner_solver",
     "label_margin",
+    "label_robust_score",
     "linearize",
     "load_dataset",
     "load_distilled",

@@ -85,7 +85,8 @@ def test_export_round_trip_and_format(tmp_path):
         assert "zca_whitening" not in f.files
 
 
-def test_distill_with_batch_norm_records_it_and_evaluates_on_the_bn_convnet(tmp_path, capsys):
+@pytest.mark.slow
+def test_distill_with_batch_norm_then_dd_ranking_scores(tmp_path, capsys):
     """``--norm batch`` (RCIG (BN)) runs, is recorded in the export, and the set is evaluated
     on the batch-normalised ConvNet."""
     out = tmp_path / "bn"
@@ -94,6 +95,20 @@ def test_distill_with_batch_norm_records_it_and_evaluates_on_the_bn_convnet(tmp_
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps_done"] == 2 and len(metrics["eval"]["accs"]) == 1
     assert load_distilled(out / "distilled.npz").config["norm"] == "batch"
+    # DD-Ranking's scores of the set, with a given whole-split accuracy.
+    capsys.readouterr()
+    argv = ["evaluate", str(out / "distilled.npz"), "--dataset", "digits", "--dd-ranking",
+            "--full-accuracy", "95", "--models", "1", "--steps", "5", "--width", "8",
+            "--json"]  # fmt: skip
+    assert main(argv) == 0
+    ranking = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ranking["full_accuracy"] == 95.0
+    assert set(ranking["accuracies"]) == {"syn_hard", "syn", "syn_aug", "random", "random_aug"}
+    assert {"lrs", "ars", "hlr", "ior"} <= set(ranking["scores"])
+    bad = ["evaluate", str(out / "distilled.npz"), "--dataset", "digits", "--dd-ranking",
+           "--full-accuracy", "150"]  # fmt: skip
+    assert main(bad) == 2
+    assert "--full-accuracy must be a percentage in [0, 100], got 150.0" in capsys.readouterr().err
 
 
 def test_load_distilled_rejects_other_files(tmp_path):

@@ -172,6 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluation does; Table 1 and Table 8)",
     )
     e.add_argument(
+        "--dd-ranking",
+        action="store_true",
+        help="DD-Ranking's label-robust (LRS: hard labels against a random real subset and the "
+        "whole training split) and augmentation-robust (ARS) scores, --models rounds of five "
+        "models each, instead of the plain evaluation",
+    )
+    e.add_argument(
+        "--full-accuracy",
+        type=float,
+        default=None,
+        help="with --dd-ranking: the whole training split's test accuracy in percent (default: "
+        "train one model on it for --full-steps steps)",
+    )
+    e.add_argument(
+        "--full-steps",
+        type=_positive_int,
+        default=2000,
+        help="with --dd-ranking: minibatch steps of the whole-split model (default 2000)",
+    )
+    e.add_argument(
         "--released-tail",
         action="store_true",
         help="run (steps // 200) x 500 training steps with the schedule of `steps`, as the "
@@ -801,6 +821,8 @@ def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
             "use --arch convnet."
         )
     interrupts.set_phase("evaluating")
+    if args.dd_ranking:
+        return _dd_ranking(args, config, networks, distilled, raw, x_test)
     augments = [False, True] if args.both else [args.augment]
     results: dict[str, Any] = {}
     for arch, norm in networks:
@@ -829,6 +851,49 @@ def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
             if not args.both:
                 results = next(iter(results.values()))
         print(json.dumps(results))
+    return 0
+
+
+def _dd_ranking(args, config, networks, distilled, raw, x_test) -> int:
+    """``rcig evaluate --dd-ranking``: the scores for every network asked for."""
+    import jax
+
+    from distillation.evaluation._ranking import dd_ranking
+
+    if args.full_accuracy is not None and not 0.0 <= args.full_accuracy <= 100.0:
+        raise ValueError(
+            f"--full-accuracy must be a percentage in [0, 100], got {args.full_accuracy}."
+        )
+    x_train = distilled.preprocessor(raw.x_train)
+    results: dict[str, Any] = {}
+    for arch, norm in networks:
+        run_config = dataclasses.replace(config, arch=arch, norm=norm)
+        if not args.json:
+            print(f"{arch}, norm {norm}: DD-Ranking scores ({config.models} rounds)", flush=True)
+        ranking = dd_ranking(
+            distilled.images,
+            distilled.labels,
+            x_train,
+            raw.y_train,
+            x_test,
+            raw.y_test,
+            run_config,
+            key=jax.random.key(args.seed),
+            flip=distilled.flip,
+            full_accuracy=args.full_accuracy,
+            full_steps=args.full_steps,
+            progress=not args.json,
+        )
+        s = ranking.scores
+        print(
+            f"{args.file}: {arch}/{norm} LRS {s['lrs']['mean']:.2f} ± {s['lrs']['std']:.2f} "
+            f"(HLR {s['hlr']['mean']:.2f}, IOR {s['ior']['mean']:.2f}), "
+            f"ARS {s['ars']['mean']:.2f} ± {s['ars']['std']:.2f}; whole split "
+            f"{ranking.full_accuracy:.2f} %"
+        )
+        results[f"{arch}/{norm}"] = ranking.as_dict()
+    if args.json:
+        print(json.dumps(results if len(networks) > 1 else next(iter(results.values()))))
     return 0
 
 
