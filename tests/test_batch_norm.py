@@ -121,7 +121,7 @@ def test_pool_trains_in_training_mode_and_keeps_statistics():
     state = pool.init(key=jax.random.key(0))
     x = _x(6, dtype=jnp.float32)
     y = jax.nn.one_hot(jnp.arange(6) % 3, 3)
-    new, loss = pool.train_step(state, jnp.asarray(0), x, y, key=jax.random.key(1))
+    new, loss = jax.jit(pool.train_step)(state, jnp.asarray(0), x, y, key=jax.random.key(1))
     before, after = state.models.body.batch_norms[0], new.models.body.batch_norms[0]
     assert np.isfinite(float(loss))
     assert float(jnp.abs(after.mean[0] - before.mean[0]).max()) > 1e-3
@@ -143,6 +143,7 @@ def _digits():
     return (x - x.mean()) / x.std(), d.target
 
 
+@pytest.mark.slow
 def test_a_distillation_step_with_batch_norm():
     """RCIG (BN): a finite meta-gradient that moves the support set; the pool's statistics move;
     subsampling (n_subset < |S|) is refused before anything is traced."""

@@ -89,7 +89,7 @@ def test_krr_head_is_the_released_loss_and_prediction(x64):
     assert not any(jax.tree_util.tree_leaves(frozen.body))
 
 
-@pytest.mark.parametrize("norm", ["none", "batch"])
+@pytest.mark.parametrize("norm", ["none", pytest.param("batch", marks=pytest.mark.slow)])
 def test_released_rcig_meta_gradient_is_the_released_formula(x64, norm):
     """The released ``do_meta_train_step``, written out: inner solve with the head's weight held
     at 0, ``v = H⁻¹g_t`` over the full displacement (head weight included), implicit part
