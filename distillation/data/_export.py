@@ -292,7 +292,9 @@ def _replaced_atomically(path: str | Path) -> Iterator[Path]:
 
 def save_sweep_figure(path: str | Path, cells: list[dict[str, Any]], title: str = "") -> Path:
     """Two heat maps over (n_inner, n_hessian): seconds per iteration and test accuracy (the
-    shape of the paper's Figures 1 and 2); a missing cell is blank."""
+    shape of the paper's Figures 1 and 2); a missing cell is blank. Accuracy cells also show the
+    spread over evaluation models (``acc_std``), so that a colour difference smaller than the
+    noise reads as such."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,14 +308,21 @@ def save_sweep_figure(path: str | Path, cells: list[dict[str, Any]], title: str 
         (axes[1], "acc_mean", "test accuracy (%)"),
     ):
         grid = np.full((len(inner), len(hessian)), np.nan)
+        spread = np.full_like(grid, np.nan)
         for c in cells:
             if c.get(key) is not None:
-                grid[inner.index(c["n_inner"]), hessian.index(c["n_hessian"])] = c[key]
+                where = inner.index(c["n_inner"]), hessian.index(c["n_hessian"])
+                grid[where] = c[key]
+                if key == "acc_mean" and c.get("acc_std") is not None:
+                    spread[where] = c["acc_std"]
         image = ax.imshow(grid, origin="lower", cmap="viridis")
         for i in range(len(inner)):
             for j in range(len(hessian)):
                 if np.isfinite(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", color="w")
+                    text = f"{grid[i, j]:.3g}"
+                    if np.isfinite(spread[i, j]):
+                        text = f"{grid[i, j]:.1f}\n± {spread[i, j]:.1f}"
+                    ax.text(j, i, text, ha="center", va="center", color="w")
         ax.set_xticks(range(len(hessian)), [str(h) for h in hessian])
         ax.set_yticks(range(len(inner)), [str(n) for n in inner])
         ax.set(xlabel="n_H (Hessian-inverse steps)", ylabel="n_inner (inner steps)", title=label)
