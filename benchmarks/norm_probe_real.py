@@ -5,10 +5,18 @@ test images: does the normalisation train at all with more than 10 images?
 Run: python benchmarks/norm_probe_real.py SET.npz instance,none STEPS
 (SET.npz only supplies the preprocessing: the ZCA of the set being investigated.)
 """
-import sys, time, types
-import numpy as np, jax, jax.numpy as jnp
+
+import sys
+import time
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from distillation.cli._commands import _distilled_and_dataset
-from distillation.evaluation._evaluate import EvalConfig, train_model, _predict
+from distillation.evaluation._evaluate import EvalConfig, _predict, train_model
+
 args = types.SimpleNamespace(file=sys.argv[1], dataset="../shared/data/cifar10", image_size=None)
 distilled, raw, x_test = _distilled_and_dataset(args)
 rng = np.random.default_rng(0)
@@ -19,5 +27,16 @@ for norm in sys.argv[2].split(","):
     cfg = EvalConfig(models=1, arch="convnet", norm=norm, steps=int(sys.argv[3]))
     t = time.time()
     m = train_model(jnp.asarray(x), jnp.asarray(y), cfg, key=jax.random.key(0))
-    pred = np.concatenate([np.asarray(_predict(m, jnp.asarray(x_test[test_idx[i:i+500]]))) for i in range(0, 2000, 500)])
-    print(norm, "2000 real:", 100 * np.mean(pred == raw.y_test[test_idx]), f"{time.time()-t:.0f}s", flush=True)
+    pred = np.concatenate(
+        [
+            np.asarray(_predict(m, jnp.asarray(x_test[test_idx[i : i + 500]])))
+            for i in range(0, 2000, 500)
+        ]
+    )
+    print(
+        norm,
+        "2000 real:",
+        100 * np.mean(pred == raw.y_test[test_idx]),
+        f"{time.time() - t:.0f}s",
+        flush=True,
+    )

@@ -517,7 +517,9 @@ def test_random_kills_then_resume_end_bit_identical(tmp_path):
     pending = [str(k) for k in [*KILL_KINDS, *rng.choice(KILL_KINDS, 4)]]  # 10 kills in all
     rng.shuffle(pending)
     record: list[tuple] = []
-    missed: list[str] = []  # kills whose run ended first: the kind stays pending, a new chain starts
+    missed: list[
+        str
+    ] = []  # kills whose run ended first: the kind stays pending, a new chain starts
     chains = 0
     while pending and chains < 10:  # a chain: up to 5 killed runs, then one to the end
         out = tmp_path / f"chain{chains}"
@@ -529,7 +531,9 @@ def test_random_kills_then_resume_end_bit_identical(tmp_path):
             meta = read_checkpoint_meta(out)
             left = STEPS - (meta["step"] if meta is not None else 0)  # checkpoint writes to come
             if kind.startswith("SIGKILL by the test hook"):
-                env["RCIG_TEST_CHECKPOINT_HOOK"] = f"kill={int(rng.integers(1, max(left // 2, 1) + 1))}"
+                env["RCIG_TEST_CHECKPOINT_HOOK"] = (
+                    f"kill={int(rng.integers(1, max(left // 2, 1) + 1))}"
+                )
             elif "inside a checkpoint write" in kind:
                 env["RCIG_TEST_CHECKPOINT_HOOK"] = "pause=0.3"
             started = time.monotonic()
