@@ -119,6 +119,47 @@ def test_batch_norm_running_statistics_and_test_mode():
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6 * float(jnp.abs(out).max()))
 
 
+def test_instance_norm_is_group_norm_with_one_channel_per_group(x64):
+    """``Normalise(kind="instance")`` (NHWC, per image and channel over H and W) equals
+    equinox's ``GroupNorm(C, C)`` (the definition of DC/DSA's ``instancenorm``, PyTorch's
+    ``GroupNorm(C, C, affine=True)``) applied to each image in CHW layout, with a non-trivial
+    learned scale and shift, in training and test mode; and a whole instance-normalised ConvNet
+    (DC definition) is invariant to a positive scale of each input image, as it must be."""
+    from distillation._architectures import _Context, build_network
+
+    kx, ks, kb, kn = jax.random.split(jax.random.key(11), 4)
+    n, h, w, c = 3, 6, 5, 4
+    x = 2.0 + 3.0 * jax.random.normal(kx, (n, h, w, c), jnp.float64)
+    net, stats = build_network(
+        "convnet", (h, w, c), 10, key=kn, norm="instance", definition="dc", width=c, depth=1,
+        dtype=jnp.float64,
+    )  # fmt: skip
+    layer = net.layers[1]  # conv, norm, relu, pool
+    assert layer.kind == "instance"
+    layer = eqx.tree_at(
+        lambda m: (m.scale, m.shift),
+        layer,
+        (jax.random.normal(ks, (c,), jnp.float64), jax.random.normal(kb, (c,), jnp.float64)),
+    )
+    reference = eqx.nn.GroupNorm(c, c, eps=1e-5, dtype=jnp.float64)
+    reference = eqx.tree_at(lambda m: (m.weight, m.bias), reference, (layer.scale, layer.shift))
+    expected = jax.vmap(reference)(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    for train in (True, False):
+        got = layer(x, _Context(stats, train))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-12, atol=1e-12)
+
+    big, _ = build_network(
+        "convnet", (8, 8, 3), 10, key=kn, norm="instance", definition="dc", dtype=jnp.float64
+    )
+    images = jax.random.normal(kx, (4, 8, 8, 3), jnp.float64)
+    scales = jnp.array([0.5, 2.0, 7.0, 30.0])[:, None, None, None]
+    out, _ = big(images, ())
+    # Invariance holds up to eps = 1e-5 against each normalised variance (of order one here).
+    scaled = np.asarray(big(images * scales, ())[0])
+    np.testing.assert_allclose(scaled, np.asarray(out), atol=1e-4 * float(jnp.abs(out).max()))
+    assert not np.allclose(np.asarray(out[0]), np.asarray(out[1]), atol=1e-3)  # not constant
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_one_training_step_lowers_the_loss(arch):
     """A gradient step of 10 % of the linearised distance to zero loss lowers the loss, and

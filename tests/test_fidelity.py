@@ -331,15 +331,29 @@ def test_activation_and_default_iterations_follow_the_released_configs():
     assert [table7_steps(i) for i in (1, 10, 50)] == [15000, 10000, 5000]
 
 
-def test_released_evaluation_tail_runs_rounds_of_500_steps_at_the_floor_rate():
+def test_released_evaluation_loop_runs_rounds_of_500_steps_with_one_key():
+    """eval.py: ``steps // 200`` rounds of 500 steps without augmentation (the tail at the
+    schedule's floor), ``steps // 500`` with it, every round from the same ``aug_key``."""
     from distillation.evaluation._evaluate import EvalConfig, _schedule
 
-    plain, tail = EvalConfig(), EvalConfig(released_tail=True)
+    plain, loop = EvalConfig(), EvalConfig(released_loop=True)
+    augmented = EvalConfig(released_loop=True, augment=True)
     assert (plain.total_steps(10), plain.total_steps(20)) == (1000, 2000)
-    assert (tail.total_steps(10), tail.total_steps(20)) == (2500, 5000)
-    schedule = _schedule(tail, tail.train_steps(10))
+    assert (loop.total_steps(10), loop.total_steps(20)) == (2500, 5000)
+    assert (augmented.total_steps(10), augmented.total_steps(20)) == (1000, 2000)
+    schedule = _schedule(loop, loop.train_steps(10))
     assert float(schedule(1000)) == pytest.approx(1e-6, rel=1e-3)  # 1 % of 1e-4
     assert float(schedule(2400)) == pytest.approx(1e-6, rel=1e-3)
+
+    key = jax.random.key(3)
+    data = lambda keys: np.asarray(jax.random.key_data(keys))  # noqa: E731
+    fresh = data(plain.step_keys(key, 2500))
+    assert len(np.unique(fresh, axis=0)) == 2500
+    repeated = data(loop.step_keys(key, 2500))
+    assert repeated.shape == fresh.shape
+    assert len(np.unique(repeated, axis=0)) == 500
+    for t in (0, 1, 499, 1234):
+        np.testing.assert_array_equal(repeated[t], repeated[t + 500])
 
 
 def test_inner_adam_continues_the_pool_models_step_count():

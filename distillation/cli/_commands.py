@@ -192,10 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --dd-ranking: minibatch steps of the whole-split model (default 2000)",
     )
     e.add_argument(
-        "--released-tail",
+        "--released-loop",
         action="store_true",
-        help="run (steps // 200) x 500 training steps with the schedule of `steps`, as the "
-        "released eval.py (2.5x the cost; the extra steps are at the schedule's 1%% floor)",
+        help="train as the released eval.py's loop: rounds of 500 steps with the same key, "
+        "steps // 200 rounds without augmentation (2.5x the cost; the extra steps are at the "
+        "schedule's 1%% floor), steps // 500 with --augment",
     )
     e.add_argument(
         "--augment-style",
@@ -807,7 +808,7 @@ def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
         models=args.models,
         augment=args.augment,
         augment_style=args.augment_style,
-        released_tail=args.released_tail,
+        released_loop=args.released_loop,
         width=args.width or (32 if small else 128),
         depth=args.depth,
         steps=args.steps,

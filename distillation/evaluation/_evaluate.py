@@ -47,10 +47,14 @@ class EvalConfig:
     evaluation does (:func:`~distillation.released_augment`), or ``"dsa"``, all DSA
     transforms composed (:func:`~distillation.dsa_augment`).
 
-    ``released_tail``: train for ``(steps // 200) · 500`` steps with the schedule of ``steps``
-    (2500 for 1000, 5000 for 2000), as the released ``eval.py`` does (it runs ``steps // 200``
-    rounds of 500 steps); after ``steps`` the cosine schedule stays at its floor, 1 % of the peak
-    rate. Off by default: 2.5× the evaluation's cost, for steps at 1e-6.
+    ``released_loop``: train as the released ``eval.py``'s loop does: rounds of
+    :data:`ROUND` = 500 steps, ``steps // 200`` rounds without augmentation (2500 steps for
+    1000, 5000 for 2000; after ``steps`` the cosine schedule stays at its floor, 1 % of the peak
+    rate) and ``steps // 500`` rounds with it (1000 for 1000: no longer than the schedule), every
+    round drawing from **the same key** (``eval.py`` passes one ``aug_key`` to each round), so
+    the augmentations and minibatches of steps ``t`` and ``t + 500`` are the same. Off by
+    default: without augmentation 2.5× the evaluation's cost for steps at 1e-6, and a repeated
+    augmentation stream is a quirk of the released loop, not a choice of the paper.
 
     ``arch``, ``norm``, ``definition``: the network trained (:func:`~distillation.build_network`);
     ``width`` and ``depth`` apply to the ConvNet only. Batch normalisation trains on batch
@@ -60,7 +64,7 @@ class EvalConfig:
     models: int = 5
     augment: bool = False
     augment_style: Literal["released", "dsa"] = "released"
-    released_tail: bool = False
+    released_loop: bool = False
     arch: Arch = "convnet"
     norm: Norm = "none"
     definition: Definition = "released"
@@ -101,9 +105,20 @@ class EvalConfig:
         return 1000 if n_support == 10 else 2000
 
     def total_steps(self, n_support: int) -> int:
-        """Steps actually run (longer than the schedule with ``released_tail``)."""
+        """Steps actually run (longer than the schedule with ``released_loop`` and no
+        augmentation)."""
         steps = self.train_steps(n_support)
-        return max(steps, (steps // 200) * 500) if self.released_tail else steps
+        if not self.released_loop:
+            return steps
+        return max(steps, (steps // (ROUND if self.augment else 200)) * ROUND)
+
+    def step_keys(self, key: Array, total: int) -> Array:
+        """One PRNG key per step: all different, or with ``released_loop`` the keys of the
+        first round repeated in every round."""
+        if not self.released_loop:
+            return jax.random.split(key, total)
+        first = jax.random.split(key, min(total, ROUND))
+        return jnp.tile(first, (-(-total // ROUND),))[:total]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +189,7 @@ def train_model(
         depth=config.depth,
     )
     carry = (network, stats, _optimizer(config, steps).init(network))
-    keys = jax.random.split(k_train, total)
+    keys = config.step_keys(k_train, total)
     whole = total - total % CHUNK
     for start in range(0, whole, CHUNK):
         carry = _run_steps(carry, keys[start : start + CHUNK], images, labels, config, steps)
@@ -184,6 +199,7 @@ def train_model(
 
 
 CHUNK = 10
+ROUND = 500  # steps per round of the released evaluation loop (``released_loop``)
 
 
 def _optimizer(config: EvalConfig, steps: int) -> optax.GradientTransformation:
