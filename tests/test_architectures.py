@@ -229,6 +229,12 @@ def test_evaluate_several_networks_from_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--arch", "resnet50"])
     assert "expected a comma-separated list of convnet" in capsys.readouterr().err
+    # DC/DSA's protocol, 300 epochs of the 10 images by default: learns (chance is 10 %).
+    assert main([*argv, "--width", "8", "--json", "--protocol", "dc"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["acc_mean"] > 30
+    assert main([*argv, "--protocol", "dc", "--released-loop"]) == 2
+    err = capsys.readouterr().err
+    assert "released_loop" in err and "protocol='dc'" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
@@ -266,3 +272,56 @@ def test_batch_norm_uses_the_batch_in_training_and_its_statistics_in_testing(arc
     test_out, _ = apply(net, exact, False)
     scale = float(jnp.abs(train_out).max())
     np.testing.assert_allclose(test_out, train_out, rtol=1e-3, atol=1e-3 * scale)
+
+
+def test_dc_protocol_first_step_is_sgd_on_cross_entropy_with_weight_decay(x64):
+    """``EvalConfig(protocol="dc")``: the first step from fresh parameters p is
+    ``p − 0.01·(∇CE + 5e-4·p)`` (momentum starts from the first gradient), with the
+    cross-entropy taken on the argmax of soft labels; the rate is cut ×0.1 halfway; 300 epochs.
+    The released protocol's first step is Adam's at rate 0 (warm-up) and leaves p unchanged."""
+    from distillation._architectures import build_network
+    from distillation.evaluation._evaluate import EvalConfig, _optimizer, _run_steps, _schedule
+
+    dc = EvalConfig(protocol="dc", arch="alexnet", steps=40)
+    assert EvalConfig(protocol="dc").train_steps(10) == 300
+    assert EvalConfig(protocol="dc").train_steps(1000, 2000) == 300 * 8  # 2000 with mirrors
+    assert float(_schedule(dc, 40)(19)) == pytest.approx(0.01)
+    assert float(_schedule(dc, 40)(20)) == pytest.approx(0.001)
+    x = jax.random.normal(jax.random.key(1), (6, 32, 32, 3), jnp.float64)
+    soft = jax.random.normal(jax.random.key(2), (6, 10), jnp.float64)  # argmax = the class
+    net, stats = build_network("alexnet", (32, 32, 3), 10, key=jax.random.key(3), dtype=jnp.float64)
+
+    def cross_entropy(m):
+        logits = m(x, stats, train=True)[0]
+        picked = jnp.take_along_axis(logits, jnp.argmax(soft, -1)[:, None], -1)[:, 0]
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - picked)
+
+    grads = jax.grad(cross_entropy)(net)
+    expected = jax.tree_util.tree_map(lambda p, g: p - 0.01 * (g + 5e-4 * p), net, grads)
+    carry = (net, stats, _optimizer(dc, 40).init(net))
+    keys = jax.random.split(jax.random.key(4), 1)
+    stepped = _run_steps(carry, keys, x, soft, dc, 40)[0]
+    for got, want, before in zip(
+        jax.tree_util.tree_leaves(stepped),
+        jax.tree_util.tree_leaves(expected),
+        jax.tree_util.tree_leaves(net),
+        strict=True,
+    ):
+        assert not np.allclose(np.asarray(want), np.asarray(before))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-12)
+    released = EvalConfig(arch="alexnet", steps=40)
+    carry = (net, stats, _optimizer(released, 40).init(net))
+    same = _run_steps(carry, keys, x, soft, released, 40)[0]
+    for a, b in zip(jax.tree_util.tree_leaves(same), jax.tree_util.tree_leaves(net), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_dc_protocol_settings_are_checked(unchecked_types):
+    from distillation.evaluation._evaluate import EvalConfig
+
+    with pytest.raises(ValueError, match="`protocol` must be one of .*got 'torch'"):
+        EvalConfig(protocol="torch")
+    with pytest.raises(ValueError, match="released_loop"):
+        EvalConfig(protocol="dc", released_loop=True)
+    with pytest.raises(ValueError, match="`learning_rate` must be None or a positive number"):
+        EvalConfig(learning_rate=-1.0)

@@ -230,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="released: the networks of the authors' models.py (default); dc: DC/DSA's "
         "networks.py, which MTT and later work use (see docs/distillation.md)",
     )
+    e.add_argument(
+        "--protocol",
+        choices=("released", "dc"),
+        default="released",
+        help="released: the released eval.py's training, MSE on the set's labels with Adam 1e-4 "
+        "(default); dc: DC/DSA's, cross-entropy on the labels' argmax with SGD 0.01, momentum "
+        "0.9, weight decay 5e-4, 300 epochs (for instance- or batch-normalised networks at "
+        "1 ipc, see docs/results.md)",
+    )
     e.add_argument("--seed", type=int, default=0)
     e.add_argument(
         "--json",
@@ -809,6 +818,7 @@ def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
         augment=args.augment,
         augment_style=args.augment_style,
         released_loop=args.released_loop,
+        protocol=args.protocol,
         width=args.width or (32 if small else 128),
         depth=args.depth,
         steps=args.steps,
@@ -842,6 +852,7 @@ def cmd_evaluate(args, interrupts: InterruptGuard) -> int:
                 progress=not args.json,
             )
             style = f", {args.augment_style}" if augmented else ""
+            style += ", protocol dc" if args.protocol == "dc" else ""
             where = f"{arch}/{norm}" + (f" ({args.definition})" if arch != "convnet" else "")
             print(f"{args.file}: {where} test accuracy {result} (augment={augmented}{style})")
             key = "augment" if augmented else "no_augment"

@@ -38,6 +38,8 @@ from distillation._checks import check_int, one_hot
 from distillation._models import Norm
 from distillation.evaluation._augment import dsa_augment, released_augment, with_mirrors
 
+PROTOCOLS: tuple[str, ...] = ("released", "dc")
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
@@ -59,6 +61,16 @@ class EvalConfig:
     ``arch``, ``norm``, ``definition``: the network trained (:func:`~distillation.build_network`);
     ``width`` and ``depth`` apply to the ConvNet only. Batch normalisation trains on batch
     statistics and tests on running ones.
+
+    ``protocol``: ``"released"`` (the default), the released ``eval.py``'s training: MSE
+    ``½Σ(f − y)²/(N·K)`` on the set's labels, Adam with a 500-step warm-up to
+    ``learning_rate`` (1e-4) and a cosine to 1 %; or ``"dc"``, the training DC/DSA (and the
+    cross-architecture tables of most later work) give their evaluation networks: softmax
+    cross-entropy on the argmax of the labels, SGD with momentum 0.9 and weight decay 5e-4,
+    ``learning_rate`` 0.01 cut ×0.1 halfway, 300 epochs of minibatches of ``batch_size`` (``steps``
+    counts steps, not epochs, when given). Learned soft labels only count through their argmax
+    under ``"dc"``; instance- or batch-normalised networks trained on 10 images need it to
+    learn at all (docs/results.md: with MSE they stay near chance even on real images).
     """
 
     models: int = 5
@@ -71,7 +83,8 @@ class EvalConfig:
     width: int = 128
     depth: int | None = None
     steps: int | None = None
-    learning_rate: float = 1e-4
+    protocol: Literal["released", "dc"] = "released"
+    learning_rate: float | None = None  # None: 1e-4 ("released") or 0.01 ("dc")
     warmup: int = 500
     batch_size: int = 256
     test_batch: int = 1000
@@ -88,6 +101,22 @@ class EvalConfig:
                 raise ValueError(
                     f"EvalConfig: `{name}` must be one of {allowed}, got {getattr(self, name)!r}."
                 )
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"EvalConfig: `protocol` must be one of {PROTOCOLS}, got {self.protocol!r}."
+            )
+        if self.protocol == "dc" and self.released_loop:
+            raise ValueError(
+                "EvalConfig: `released_loop` is the released protocol's loop; it does not apply "
+                "to protocol='dc'."
+            )
+        if self.learning_rate is not None and not (
+            isinstance(self.learning_rate, int | float) and self.learning_rate > 0
+        ):
+            raise ValueError(
+                "EvalConfig: `learning_rate` must be None or a positive number, got "
+                f"{self.learning_rate!r}."
+            )
         if self.augment_style not in ("released", "dsa"):
             raise ValueError(
                 "EvalConfig: `augment_style` must be 'released' or 'dsa', got "
@@ -98,16 +127,27 @@ class EvalConfig:
                 f"EvalConfig: `steps` must be None or a positive integer, got {self.steps!r}."
             )
 
-    def train_steps(self, n_support: int) -> int:
-        """The schedule's length: ``steps``, or 1000 when ``|S| = 10`` else 2000."""
+    def train_steps(self, n_support: int, n_train: int | None = None) -> int:
+        """The schedule's length: ``steps``; else with the released protocol 1000 when
+        ``|S| = 10`` and 2000 otherwise; with ``"dc"`` 300 epochs of the ``n_train`` images
+        trained on (mirrors included; ``n_support`` if not given)."""
         if self.steps is not None:
             return self.steps
+        if self.protocol == "dc":
+            n = n_support if n_train is None else n_train
+            return DC_EPOCHS * -(-n // self.batch_size)
         return 1000 if n_support == 10 else 2000
 
-    def total_steps(self, n_support: int) -> int:
+    @property
+    def peak_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return float(self.learning_rate)
+        return 0.01 if self.protocol == "dc" else 1e-4
+
+    def total_steps(self, n_support: int, n_train: int | None = None) -> int:
         """Steps actually run (longer than the schedule with ``released_loop`` and no
         augmentation)."""
-        steps = self.train_steps(n_support)
+        steps = self.train_steps(n_support, n_train)
         if not self.released_loop:
             return steps
         return max(steps, (steps // (ROUND if self.augment else 200)) * ROUND)
@@ -143,10 +183,11 @@ class EvalResult:
 
 
 def _schedule(config: EvalConfig, steps: int):
+    peak = config.peak_learning_rate
+    if config.protocol == "dc":
+        return optax.piecewise_constant_schedule(peak, {steps // 2: 0.1})
     warmup = min(config.warmup, max(steps - 1, 1))
-    return optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, warmup, steps, end_value=0.01 * config.learning_rate
-    )
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps, end_value=0.01 * peak)
 
 
 class TrainedModel(eqx.Module):
@@ -174,8 +215,8 @@ def train_model(
     than in straight-line code (``benchmarks/cpu_loops.py``).
     """
     n, k = images.shape[0], labels.shape[1]
-    steps = config.train_steps(n if n_support is None else n_support)
-    total = config.total_steps(n if n_support is None else n_support)
+    steps = config.train_steps(n if n_support is None else n_support, n)
+    total = config.total_steps(n if n_support is None else n_support, n)
     k_init, k_train = jax.random.split(key)
     h, w, c = images.shape[1:]
     network, stats = build_network(
@@ -199,10 +240,15 @@ def train_model(
 
 
 CHUNK = 10
+DC_EPOCHS = 300  # DC/DSA's epoch_eval_train
 ROUND = 500  # steps per round of the released evaluation loop (``released_loop``)
 
 
 def _optimizer(config: EvalConfig, steps: int) -> optax.GradientTransformation:
+    if config.protocol == "dc":  # torch.optim.SGD(momentum=0.9, weight_decay=5e-4)
+        return optax.chain(
+            optax.add_decayed_weights(5e-4), optax.sgd(_schedule(config, steps), momentum=0.9)
+        )
     return optax.adam(_schedule(config, steps))
 
 
@@ -215,6 +261,9 @@ def _run_steps(carry, keys, images, labels, config: EvalConfig, steps: int):
 
     def loss_fn(m, stats, x, y):
         out, stats = m(x, stats, train=True)
+        if config.protocol == "dc":
+            hard = jnp.argmax(y, -1)
+            return optax.softmax_cross_entropy_with_integer_labels(out, hard).mean(), stats
         return 0.5 * jnp.sum((out - y) ** 2) / (x.shape[0] * k), stats
 
     def one_step(carry, step_key):
