@@ -171,7 +171,9 @@ def test_meta_gradient_matches_finite_differences_of_the_bilevel_objective(make,
     start = algorithm.final_layer.init(net)
     problem = InnerProblem(net, x_s, y_s, l2)
     inner = lambda d: algorithm.final_layer.inner_loss(d, problem)  # noqa: E731
-    top = bilevel.largest_eigenvalue(lambda v: bilevel.hvp(inner, start, v), start, 100)
+    top = jax.jit(
+        lambda: bilevel.largest_eigenvalue(lambda v: bilevel.hvp(inner, start, v), start, 100)
+    )()
     algorithm = algorithm.with_learning_rates(0.5 / top)
 
     def meta(s):
@@ -313,7 +315,16 @@ def test_distill_config_rejects_an_unknown_norm(unchecked_types):
 
 def test_subsampled_backward_updates_only_the_drawn_images_and_flip_runs():
     x, y = _digits()
-    config = DistillConfig(pool_size=2, target_batch=64, width=4, n_subset=4, flip=True)
+    # One pool step and no learning-rate tuning: neither is under test, and each costs compile time.
+    config = DistillConfig(
+        pool_size=2,
+        target_batch=64,
+        width=4,
+        n_subset=4,
+        flip=True,
+        pool_max_steps=1,
+        lr_tuning="none",
+    )
     algorithm = rcig(n_inner=3, n_hessian=3)
     distiller = Distiller.build(algorithm, config, image_shape=x.shape[1:], num_classes=10)
     support = init_support(x, y, 10, 1, key=jax.random.key(0))

@@ -109,7 +109,12 @@ def test_released_rcig_meta_gradient_is_the_released_formula(x64, norm):
     head, net = algorithm.final_layer, algorithm.network(model)
     inner = lambda d, s: head.inner_loss(d, InnerProblem(net, s.images, s.labels, l2))  # noqa: E731
     start = head.init(net)
-    top = bilevel.largest_eigenvalue(lambda v: bilevel.hvp(inner, start, v, support), start, 100)
+    # Every oracle computation below runs jitted: op by op, they took most of this test's time.
+    top = jax.jit(
+        lambda: bilevel.largest_eigenvalue(
+            lambda v: bilevel.hvp(inner, start, v, support), start, 100
+        )
+    )()
     lr = 0.5 / top
     algorithm = algorithm.with_learning_rates(lr)
 
@@ -138,14 +143,18 @@ def test_released_rcig_meta_gradient_is_the_released_formula(x64, norm):
         out = head.predict(d, InnerProblem(net, s.images, s.labels, l2), x_t)
         return algorithm.outer_loss(out, y_t, s.log_temperature) - label_margin(s.labels)
 
-    flat, unravel = jax.flatten_util.ravel_pytree(d_star)
-    hessian = jax.hessian(lambda f: inner(unravel(f), support))(flat)
-    g_t = jax.flatten_util.ravel_pytree(jax.grad(outer)(d_star, support))[0]
-    v = jnp.linalg.solve(hessian, g_t)
-    implicit_oracle = jax.grad(
-        lambda s: -jax.flatten_util.ravel_pytree(jax.grad(inner)(d_star, s))[0] @ v
-    )(support)
-    direct_oracle = jax.grad(lambda s: outer(d_star, s))(support)
+    @jax.jit
+    def oracles(d_star):
+        flat, unravel = jax.flatten_util.ravel_pytree(d_star)
+        hessian = jax.hessian(lambda f: inner(unravel(f), support))(flat)
+        g_t = jax.flatten_util.ravel_pytree(jax.grad(outer)(d_star, support))[0]
+        v = jnp.linalg.solve(hessian, g_t)
+        implicit = jax.grad(
+            lambda s: -jax.flatten_util.ravel_pytree(jax.grad(inner)(d_star, s))[0] @ v
+        )(support)
+        return implicit, jax.grad(lambda s: outer(d_star, s))(support)
+
+    implicit_oracle, direct_oracle = oracles(d_star)
     assert float(info.inner_loss) > 0
     assert rel_err(tree_ravel(direct), tree_ravel(direct_oracle)) < 1e-8
     assert rel_err(tree_ravel(implicit), tree_ravel(implicit_oracle)) < 1e-8
@@ -282,7 +291,16 @@ def test_target_batches_are_shuffled_epochs(n, batch):
 def test_ema_is_the_bias_corrected_average_of_the_iterates():
     x = np.asarray(jax.random.normal(jax.random.key(0), (60, 8, 8, 1)), np.float32)
     y = np.arange(60) % 3
-    config = DistillConfig(pool_size=2, target_batch=16, width=2, depth=1, ema_decay=0.9)
+    # one pool step, no tuning: not under test here, and each costs compile time
+    config = DistillConfig(
+        pool_size=2,
+        target_batch=16,
+        width=2,
+        depth=1,
+        ema_decay=0.9,
+        pool_max_steps=1,
+        lr_tuning="none",
+    )
     distiller = Distiller.build(
         rcig(n_inner=2, n_hessian=2), config, image_shape=x.shape[1:], num_classes=3
     )

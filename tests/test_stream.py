@@ -99,7 +99,9 @@ def test_distill_draws_target_batches_from_host_images(tmp_path):
     from distillation.data._stream import stream_dataset
 
     data = stream_dataset(str(_parquet(tmp_path / "pq", 120, size=8)), tmp_path / "cache")
-    config = DistillConfig(steps=2, pool_size=2, target_batch=32, width=4, lr_tuning="none")
+    config = DistillConfig(
+        steps=2, pool_size=2, target_batch=32, width=4, lr_tuning="none", pool_max_steps=1
+    )
     result = distill(
         data.x_train, data.y_train, 3, rcig(n_inner=2, n_hessian=2), 1, config,
         key=jax.random.key(0), progress=False,
