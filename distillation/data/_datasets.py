@@ -293,8 +293,12 @@ def fit_preprocessor(
     blocks above; a number is the block side (the image size gives the dense whitening's
     result, through one block).
     """
-    mean = x_train01.mean(axis=(0, 1, 2)).astype(np.float32)
-    std = x_train01.std(axis=(0, 1, 2)).astype(np.float32)
+    # Accumulate in float64: over the strided axes of an RGB array NumPy sums float32 naively, and
+    # CIFAR-10's 51 million values per channel stall at 2**24 (the mean came out 0.32768 for all
+    # three channels, the std 2-12 % off), which moved every RGB input away from the released
+    # code's space by ~4 %.
+    mean = x_train01.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+    std = x_train01.std(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
     std = np.where(std > 0, std, 1.0).astype(np.float32)
     pre = Preprocessor(mean, std)
     if not zca:
