@@ -20,6 +20,18 @@ pool 30, no flip, fixed learning rates), ours and theirs alternated ``--rounds``
 the rates), each the mean of the steady-state iteration times (from the third on, as the
 harness's ``siter.py``). Output: ``benchmarks/results/side_by_side_timing.json``.
 
+``--dataset cifar10``: the same on CIFAR-10 (``../shared/data/cifar10``, flip on as their
+``depth_3.txt``; output ``side_by_side_cifar10.json`` and ``side_by_side_cifar10.png``). The shared
+harness serves MNIST only; ``benchmarks/official_rcig_cifar10.patch`` extends a scratch copy of it
+(none of the authors' code: its loader calls their ``ops.py`` functions for the official
+standardisation + ZCA 0.1, on uint8 arrays made from the parquet copy)::
+
+    cp -r ../shared/tools/official_rcig /tmp/c10h/harness
+    patch -d /tmp/c10h/harness -p2 < benchmarks/official_rcig_cifar10.patch
+    python benchmarks/side_by_side.py cifar10-arrays /tmp/c10h/cifar10_u8.npz
+    RCIG_CIFAR10_NPZ=/tmp/c10h/cifar10_u8.npz DATASET=cifar10 CONFIG=depth_3.txt \
+        bash /tmp/c10h/harness/run.sh 32 1 500 /tmp/orcig_c10_w32_s0 0
+
 Run (the official runs first, see ../shared/tools/official_rcig/README.md)::
 
     python benchmarks/side_by_side.py accuracy --seeds 0,1,2 --width 32 --steps 500
@@ -43,6 +55,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MNIST = SHARED / "data" / "mnist"
+# --dataset: (data folder, flip as the official config: depth_3_no_flip.txt for MNIST, depth_3.txt
+# with its mirrored copies for CIFAR-10, the default official output folder)
+DATASETS = {
+    "mnist": (MNIST, False, "/tmp/orcig_w{width}_s{seed}"),
+    "cifar10": (SHARED / "data" / "cifar10", True, "/tmp/orcig_c10_w{width}_s{seed}"),
+}
 HARNESS = SHARED / "tools" / "official_rcig"
 RESULTS = ROOT / "benchmarks" / "results"
 CHECKPOINTS = (50, 100, 200, 300, 400, 500, 1000, 1500, 2000)  # depth_3_no_flip.txt's, ≤ 2000
@@ -78,8 +96,10 @@ def accuracy(args) -> None:
     from distillation.data._export import load_distilled
     from distillation.data._official import import_official
 
-    dataset = load_dataset(str(MNIST))
-    out_path = RESULTS / "side_by_side.json"
+    folder, flip, official = DATASETS[args.dataset]
+    dataset = load_dataset(str(folder))
+    suffix = "" if args.dataset == "mnist" else f"_{args.dataset}"
+    out_path = RESULTS / f"side_by_side{suffix}.json"
     results = json.loads(out_path.read_text()) if out_path.exists() else {"runs": []}
     done = {(r["who"], r["seed"], r["width"], r["steps"]) for r in results["runs"]}
     marks = [c for c in CHECKPOINTS if c <= args.steps]
@@ -87,7 +107,7 @@ def accuracy(args) -> None:
         marks.append(args.steps)
     for seed in args.seeds:
         if ("ours", seed, args.width, args.steps) not in done:
-            config = DistillConfig(steps=args.steps, width=args.width, flip=False)
+            config = DistillConfig(steps=args.steps, width=args.width, flip=flip)
             print(f"[ours] seed {seed}: distilling {args.steps} iterations", flush=True)
             result = distill(
                 dataset.x_train,
@@ -105,7 +125,7 @@ def accuracy(args) -> None:
                 accs = _evaluate(
                     snap.support.images,
                     snap.support.labels,
-                    False,
+                    flip,
                     dataset,
                     args.eval_models,
                     args.width,
@@ -128,7 +148,7 @@ def accuracy(args) -> None:
                 }
             )
             out_path.write_text(json.dumps(results, indent=1))
-        outdir = Path(args.official.format(width=args.width, seed=seed))
+        outdir = Path((args.official or official).format(width=args.width, seed=seed))
         if ("official", seed, args.width, args.steps) in done:
             continue
         if not (outdir / "runner_info.json").exists() or not (outdir / "ckpt").is_dir():
@@ -147,11 +167,11 @@ def accuracy(args) -> None:
                     dataset.preprocessor,
                     image_shape=dataset.image_shape,
                     num_classes=dataset.num_classes,
-                    flip=False,
+                    flip=flip,
                 )
                 got = load_distilled(npz)
             accs = _evaluate(
-                got.images, got.labels, False, dataset, args.eval_models, args.width, seed
+                got.images, got.labels, flip, dataset, args.eval_models, args.width, seed
             )
             points.append(
                 {"iteration": it, "seconds": tuning + times.get(it, float("nan")), "accs": accs}
@@ -170,10 +190,10 @@ def accuracy(args) -> None:
             }
         )
         out_path.write_text(json.dumps(results, indent=1))
-    _report(results, args.width, args.steps)
+    _report(results, args.width, args.steps, args.dataset)
 
 
-def _report(results: dict, width: int, steps: int) -> None:
+def _report(results: dict, width: int, steps: int, dataset: str = "mnist") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,10 +225,11 @@ def _report(results: dict, width: int, steps: int) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("wall-clock seconds on this CPU (learning-rate tuning included)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"MNIST, 1 image per class, width {width}")
+    name = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[dataset]
+    ax.set_title(f"{name}, 1 image per class, width {width}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "figures" / "side_by_side_mnist.png", dpi=120)
+    fig.savefig(ROOT / "docs" / "figures" / f"side_by_side_{dataset}.png", dpi=120)
     print("\n".join(lines))
 
 
@@ -285,6 +306,25 @@ def timing(args) -> None:
     print(f"ours {ours:.3f} s/iter, official {theirs:.3f} s/iter, ratio {ours / theirs:.2f}")
 
 
+def cifar10_arrays(args) -> None:
+    """The parquet copy of CIFAR-10 as uint8 arrays in file order, for the scratch harness."""
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    arrays = {}
+    for split in ("train", "test"):
+        folder = DATASETS["cifar10"][0] / "plain_text"
+        columns = pq.read_table(folder / f"{split}-00000-of-00001.parquet").to_pydict()
+        arrays[f"x_{split}"] = np.stack(
+            [np.asarray(Image.open(io.BytesIO(d["bytes"])).convert("RGB")) for d in columns["img"]]
+        ).astype(np.uint8)
+        arrays[f"y_{split}"] = np.asarray(columns["label"], np.int64)
+    np.savez(args.out, **arrays)
+    print({k: v.shape for k, v in arrays.items()})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -294,13 +334,16 @@ def main() -> None:
     a.add_argument("--ipc", type=int, default=1)
     a.add_argument("--steps", type=int, default=500)
     a.add_argument("--eval-models", type=int, default=5)
-    a.add_argument("--official", default="/tmp/orcig_w{width}_s{seed}")
+    a.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    a.add_argument("--official", default=None, help="default: by --dataset, see DATASETS")
     t = sub.add_parser("timing")
     t.add_argument("--width", type=int, default=32)
     t.add_argument("--iters", type=int, default=40)
     t.add_argument("--rounds", type=int, default=2)
+    c = sub.add_parser("cifar10-arrays")
+    c.add_argument("out", type=Path)
     args = parser.parse_args()
-    accuracy(args) if args.what == "accuracy" else timing(args)
+    {"accuracy": accuracy, "timing": timing, "cifar10-arrays": cifar10_arrays}[args.what](args)
 
 
 if __name__ == "__main__":
