@@ -155,6 +155,8 @@ def accuracy(args) -> None:
             print(f"[official] seed {seed}: no finished run in {outdir}; skipped", flush=True)
             continue
         tuning, times = _official_times(outdir)
+        if not np.isfinite(tuning) and args.tuning_seconds is not None:
+            tuning = args.tuning_seconds  # a replayed tuning (RCIG_LRS): its recorded duration
         points = []
         for it in marks:
             ckpt = outdir / "ckpt" / f"checkpoint_{it}"
@@ -336,6 +338,12 @@ def main() -> None:
     a.add_argument("--eval-models", type=int, default=5)
     a.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     a.add_argument("--official", default=None, help="default: by --dataset, see DATASETS")
+    a.add_argument(
+        "--tuning-seconds",
+        type=float,
+        default=None,
+        help="their tuning's seconds when the run replayed a stored tuning (RCIG_LRS)",
+    )
     t = sub.add_parser("timing")
     t.add_argument("--width", type=int, default=32)
     t.add_argument("--iters", type=int, default=40)
