@@ -91,6 +91,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_two_processes_on_localhost(tmp_path):
     (tmp_path / "ckpt").mkdir()
     port = str(_free_port())

@@ -493,6 +493,7 @@ def _history_without_time(out: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_random_kills_then_resume_end_bit_identical(tmp_path):
     """Chains of short runs killed at random (seeded) moments, each followed by --resume; each
     chain ends bit-identical to the uninterrupted run (every exported array, and the logged
@@ -611,6 +612,7 @@ def test_random_kills_then_resume_end_bit_identical(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_a_signal_while_python_imports_jax_exits_130_with_one_line(tmp_path):
     """SIGINT / SIGTERM in the first seconds, while the launcher imports JAX: one line, status 130.
 
@@ -643,6 +645,7 @@ def test_a_signal_while_python_imports_jax_exits_130_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_two_runs_on_one_folder_and_a_prompt_sigterm_while_compiling(tmp_path, capsys):
     out = tmp_path / "shared"
     first = _start(out, tmp_path, {**os.environ, "PYTHONUNBUFFERED": "1"})
