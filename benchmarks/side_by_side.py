@@ -107,7 +107,9 @@ def accuracy(args) -> None:
         marks.append(args.steps)
     for seed in args.seeds:
         if ("ours", seed, args.width, args.steps) not in done:
-            config = DistillConfig(steps=args.steps, width=args.width, flip=flip)
+            config = DistillConfig(
+                steps=args.steps, width=args.width, flip=flip, adabelief=args.adabelief
+            )
             print(f"[ours] seed {seed}: distilling {args.steps} iterations", flush=True)
             result = distill(
                 dataset.x_train,
@@ -139,6 +141,7 @@ def accuracy(args) -> None:
                     "seed": seed,
                     "width": args.width,
                     "steps": args.steps,
+                    "adabelief": args.adabelief,
                     "learning_rates": [
                         result.learning_rates[0],
                         result.learning_rates[1],
@@ -337,6 +340,13 @@ def main() -> None:
     a.add_argument("--steps", type=int, default=500)
     a.add_argument("--eval-models", type=int, default=5)
     a.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    a.add_argument(
+        "--adabelief",
+        choices=("released", "current"),
+        default="current",
+        help="ours' AdaBelief (default current: the harness pins optax 0.2.8, whose AdaBelief "
+        "is the current formula, so the two codes' optimizers stay the same; fidelity.md row 31)",
+    )
     a.add_argument("--official", default=None, help="default: by --dataset, see DATASETS")
     a.add_argument(
         "--tuning-seconds",

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from distillation._models import Norm, avg_pool2, conv2d, default_depth
+from distillation._models import Norm, avg_pool2, conv2d, default_depth, lecun_normal
 
 Arch = Literal["convnet", "resnet18", "vgg11", "alexnet"]
 Definition = Literal["released", "dc"]
@@ -181,13 +181,11 @@ class _Builder:
         self.norm, self.batch_weight, self.dtype = norm, batch_weight, dtype
         self.stats: list[tuple[Array, Array]] = []
 
-    def _normal(self, shape, fan_in):
-        return jax.random.normal(self.keys.pop(0), shape, self.dtype) * jnp.sqrt(
-            1.0 / fan_in
-        ).astype(self.dtype)
+    def _normal(self, shape):
+        return lecun_normal(self.keys.pop(0), shape, self.dtype)
 
     def conv(self, cin, cout, size, *, padding, stride=1, bias=True) -> Conv:
-        weight = self._normal((size, size, cin, cout), size * size * cin)
+        weight = self._normal((size, size, cin, cout))
         return Conv(weight, jnp.zeros(cout, self.dtype) if bias else None, stride, padding)
 
     def normalise(self, channels: int, kind: str | None = None) -> Normalise:
@@ -202,7 +200,7 @@ class _Builder:
         return Normalise(ones, zeros, kind, slot, self.batch_weight)
 
     def head(self, features: int, num_classes: int) -> tuple[Array, Array]:
-        return self._normal((features, num_classes), features), jnp.zeros(num_classes, self.dtype)
+        return self._normal((features, num_classes)), jnp.zeros(num_classes, self.dtype)
 
 
 def _convnet(b, c, h, width, depth, definition):

@@ -64,6 +64,7 @@ from distillation.data._datasets import HostImages
 from distillation.evaluation._augment import with_mirrors
 
 LrTuning = Literal["released", "probe", "none"]
+AdaBelief = Literal["released", "current"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +114,10 @@ class DistillConfig:
             reading of ``0.0005·|S|``); the released code counts the learned images only.
         pool_max_steps: pool training steps per selection, drawn from ``1 … pool_max_steps``
             (1: the paper's Algorithm 1).
+        adabelief: the meta-optimizer's AdaBelief: ``"released"`` (optax before 0.2.4, which
+            the released code ran on: the belief tracks ``g_t − m_{t−1}``,
+            :func:`released_adabelief`) or ``"current"`` (optax from 0.2.4 and the AdaBelief
+            paper: ``g_t − m_t``, steps ``1/b1 ≈ 1.11×`` as large).
     """
 
     steps: int = 1000
@@ -121,6 +126,7 @@ class DistillConfig:
     target_batch: int = 1024
     lr_support: float = 0.003
     lr_temperature: float = 0.03
+    adabelief: AdaBelief = "released"
     l2_per_image: float | None = None
     init_temperature: float = 1.0
     lr_tuning: LrTuning = "released"
@@ -168,6 +174,11 @@ class DistillConfig:
             raise ValueError(
                 "DistillConfig: `lr_tuning` must be 'released', 'probe' or 'none', got "
                 f"{self.lr_tuning!r}."
+            )
+        if self.adabelief not in ("released", "current"):
+            raise ValueError(
+                "DistillConfig: `adabelief` must be 'released' or 'current', got "
+                f"{self.adabelief!r}."
             )
         if not (isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0):
             raise ValueError(
@@ -249,9 +260,52 @@ def _pick_per_class(labels: np.ndarray, num_classes: int, ipc: int, key: Array) 
     return np.concatenate(picks)
 
 
+def released_adabelief(
+    learning_rate: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-16,
+    eps_root: float = 1e-16,
+) -> optax.GradientTransformation:
+    """AdaBelief as optax computed it before 0.2.4, which the released code ran on (its code is
+    from April 2023): the belief ``s`` accumulates the squared prediction error against the
+    **previous** first moment, ``(g_t − m_{t−1})²``. optax 0.2.4 (pull request 1130, November
+    2024) changed it to the AdaBelief paper's ``(g_t − m_t)²``, which is ``b1²`` times that, so
+    that its steps are ``1/b1 ≈ 1.11`` times these (``adabelief="current"``). Same defaults and
+    state (``optax.ScaleByBeliefState``) as ``optax.adabelief``."""
+
+    def init_fn(params):
+        # Two separate buffers: the step donates its state, and one buffer cannot be donated twice.
+        mu, nu = (optax.tree_utils.tree_zeros_like(params) for _ in range(2))
+        return optax.ScaleByBeliefState(jnp.zeros([], jnp.int32), mu, nu)
+
+    def update_fn(updates, state, params=None):
+        del params
+        mu = optax.tree_utils.tree_update_moment(updates, state.mu, b1, 1)
+        # The prediction error against m_{t-1}: the released behaviour (optax < 0.2.4).
+        error = optax.tree_utils.tree_sub(updates, state.mu)
+        nu = optax.tree_utils.tree_update_moment_per_elem_norm(error, state.nu, b2, 2)
+        nu = jax.tree.map(lambda v: v + eps_root, nu)
+        count = optax.safe_increment(state.count)
+
+        def step(m, v):
+            t = count.astype(m.dtype)  # the bias corrections, in the moments' dtype
+            return (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + eps)
+
+        updates = jax.tree.map(step, mu, nu)
+        return updates, optax.ScaleByBeliefState(count, mu, nu)
+
+    return optax.chain(
+        optax.GradientTransformation(init_fn, update_fn),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
 def meta_optimizer(config: DistillConfig) -> optax.GradientTransformation:
     """AdaBelief on the support set: ``lr_support`` for images and labels, ``lr_temperature``
-    for ``log τ``."""
+    for ``log τ``; ``config.adabelief`` picks the released code's AdaBelief
+    (:func:`released_adabelief`, the default) or current optax's (``"current"``)."""
+    adabelief = released_adabelief if config.adabelief == "released" else optax.adabelief
 
     def labels(support: SupportSet) -> SupportSet:
         # The same structure with str leaves; tree_at does not go through SupportSet.__init__,
@@ -264,8 +318,8 @@ def meta_optimizer(config: DistillConfig) -> optax.GradientTransformation:
 
     return optax.multi_transform(
         {
-            "support": optax.adabelief(config.lr_support),
-            "temperature": optax.adabelief(config.lr_temperature),
+            "support": adabelief(config.lr_support),
+            "temperature": adabelief(config.lr_temperature),
         },
         labels,
     )

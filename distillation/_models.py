@@ -125,8 +125,12 @@ def avg_pool2(x: Array) -> Array:
     return x[:, : h - h % 2, : wd - wd % 2].reshape(n, h // 2, 2, wd // 2, 2, c).mean((2, 4))
 
 
-def _lecun_normal(key, shape, fan_in, dtype):
-    return jax.random.normal(key, shape, dtype) * jnp.sqrt(1.0 / fan_in).astype(dtype)
+def lecun_normal(key: PRNGKeyArray, shape: tuple[int, ...], dtype) -> Array:
+    """The released models' weight initialiser: flax's default ``lecun_normal`` (the same as
+    ``jax.nn.initializers.lecun_normal()``), a normal **truncated** to ±2 standard deviations and
+    rescaled so that the variance stays ``1 / fan_in``; ``fan_in`` is the product of every axis
+    but the last (``kh·kw·c_in`` for an HWIO kernel, the features for a dense one)."""
+    return jax.nn.initializers.lecun_normal()(key, shape, dtype)
 
 
 class ConvBody(eqx.Module):
@@ -244,7 +248,7 @@ def conv_net(
     dtype=jnp.float32,
     compute_dtype: str = "float32",
 ) -> ConvNet:
-    """Build the paper's ConvNet (LeCun-normal weights, zero biases).
+    """Build the paper's ConvNet (truncated LeCun-normal weights as flax's, zero biases).
 
     Args:
         image_shape: ``(H, W, C)``.
@@ -291,7 +295,7 @@ def conv_net(
     for i in range(depth):
         pad = 3 if (i == 0 and c == 1 and h == 28) else 1
         cout = width * 2**i
-        weights.append(_lecun_normal(keys[i], (3, 3, cin, cout), 9 * cin, dtype))
+        weights.append(lecun_normal(keys[i], (3, 3, cin, cout), dtype))
         biases.append(jnp.zeros((cout,), dtype))
         paddings.append(pad)
         size_h, size_w = (size_h + 2 * pad - 2) // 2, (size_w + 2 * pad - 2) // 2
@@ -305,7 +309,5 @@ def conv_net(
     body = ConvBody(
         tuple(weights), tuple(biases), tuple(paddings), norm, activation, compute_dtype, batch_norms
     )
-    head = Head(
-        _lecun_normal(keys[-1], (feat, num_classes), feat, dtype), jnp.zeros(num_classes, dtype)
-    )
+    head = Head(lecun_normal(keys[-1], (feat, num_classes), dtype), jnp.zeros(num_classes, dtype))
     return ConvNet(body, head)

@@ -3,6 +3,8 @@ written from that code's definitions: the kernel-ridge head and its meta-gradien
 the label margin, the EMA, the learning-rate pre-round and schedule, the pool's step counts,
 λ, the target batches, the evaluation's augmentation, Table 7's iteration counts."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +27,8 @@ from distillation._distill import (
     epoch_batch,
     init_support,
     l2_strength,
+    meta_optimizer,
+    released_adabelief,
 )
 from distillation._models import conv_net
 from distillation._objectives import InnerProblem, label_margin
@@ -419,3 +423,98 @@ def test_command_line_defaults_follow_the_released_configs():
     assert (config.pool_lr, config.init_temperature, config.center_labels) == (5e-5, 1.0, True)
     with pytest.raises(SystemExit):
         parse(["distill", "--ema", "1.5"])
+
+
+def test_weights_are_initialised_as_the_released_models_flax_lecun_normal():
+    """Row 30: the released models take flax's default kernel initialiser, a normal truncated at
+    ±2 standard deviations and rescaled to variance 1/fan_in. A plain normal of that variance (the
+    earlier initialiser here) puts ~2.3 % of a kernel's entries beyond the truncation bound."""
+    from distillation._architectures import build_network
+
+    key = jax.random.PRNGKey(0)
+    net = conv_net((32, 32, 3), 10, key=key, width=32, depth=3)
+    kernels = [*net.body.weights, net.head.weight]
+    for arch in ("vgg11", "resnet18"):
+        built, _ = build_network(arch, (32, 32, 3), 10, key=key, width=32)
+        kernels += [x for x in jax.tree_util.tree_leaves(built) if x.ndim in (2, 4)]
+    assert len(kernels) > 10
+    for w in kernels:
+        w = np.asarray(w, np.float64)
+        fan_in = math.prod(w.shape[:-1])
+        z = w * math.sqrt(fan_in)  # standard units of the target variance
+        bound = 2.0 / 0.87962566103423978  # flax's truncation, after its variance rescaling
+        assert np.abs(z).max() <= bound * (1 + 1e-5), (w.shape, np.abs(z).max())
+        # The variance is kept: the sample variance of n draws has a standard error below
+        # sqrt(2 / n), so 6 of them cannot fail by chance.
+        assert abs(z.var() - 1.0) < 6 * math.sqrt(2.0 / z.size), (w.shape, z.var())
+
+
+def _adabelief_2023(grads, lr, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16):
+    """The oracle: AdaBelief as optax before 0.2.4 wrote it (the optax the released code ran on,
+    April 2023), in float64 NumPy: the belief tracks the error against the previous moment."""
+    m = s = np.zeros_like(grads[0])
+    out = []
+    for t, g in enumerate(grads, start=1):
+        s = b2 * s + (1 - b2) * (g - m) ** 2 + eps_root  # m is still m_{t-1} here
+        m = b1 * m + (1 - b1) * g
+        m_hat, s_hat = m / (1 - b1**t), s / (1 - b2**t)
+        out.append(-lr * m_hat / (np.sqrt(s_hat) + eps))
+    return out
+
+
+def test_released_adabelief_is_optax_before_0_2_4(x64):
+    """Row 31: the released code's AdaBelief (optax < 0.2.4) against a float64 oracle of that
+    formula, and current optax's (pull request 1130) larger by exactly 1/b1 without the eps terms,
+    which is the step-size difference the default removes."""
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=(7, 5)) + 0.3 for _ in range(12)]
+    opt = released_adabelief(0.003)
+    state = opt.init(jnp.zeros((7, 5)))
+    for g, want in zip(grads, _adabelief_2023(grads, 0.003), strict=True):
+        got, state = opt.update(jnp.asarray(g), state)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12)
+    # Without eps and eps_root, current optax's belief is b1² times the released one's, so its
+    # updates are 1/b1 times larger at every step.
+    b1 = 0.9
+    old, new = released_adabelief(1.0, eps=0.0, eps_root=0.0), optax.adabelief(1.0, eps=0.0)
+    s_old, s_new = old.init(jnp.zeros((7, 5))), new.init(jnp.zeros((7, 5)))
+    for t, g in enumerate(grads):
+        u_old, s_old = old.update(jnp.asarray(g), s_old)
+        with jax.numpy_dtype_promotion("standard"):  # optax's own bias correction: float ** int
+            u_new, s_new = new.update(jnp.asarray(g), s_new)
+        if t == 0:  # m_0 = 0: the two errors differ by (1 - b1), not b1, at the first step
+            continue
+        np.testing.assert_allclose(np.asarray(u_new), np.asarray(u_old) / b1, rtol=1e-9)
+
+
+def test_the_meta_optimizer_defaults_to_the_released_adabelief(unchecked_types):
+    """``DistillConfig.adabelief``: "released" (default) and "current" give different steps on
+    the same gradients; a bad name is refused before anything runs."""
+    from distillation._algorithms import SupportSet
+
+    support = SupportSet(jnp.ones((2, 4, 4, 1)), jnp.ones((2, 3)), jnp.asarray(0.0))
+    grads = [
+        SupportSet(jnp.full((2, 4, 4, 1), g), jnp.full((2, 3), -g), jnp.asarray(g))
+        for g in (1.0, 0.2, -0.5)
+    ]
+
+    def steps(config):
+        opt = meta_optimizer(config)
+        state, out = opt.init(support), []
+        for g in grads:
+            with jax.numpy_dtype_promotion("standard"):  # as bilevel.optax_step runs optax
+                update, state = opt.update(g, state)
+            out.append(float(update.images[0, 0, 0, 0]))
+        return out
+
+    released, current = steps(DistillConfig()), steps(DistillConfig(adabelief="current"))
+    want = [
+        float(u[0, 0])
+        for u in _adabelief_2023([np.full((1, 1), g) for g in (1.0, 0.2, -0.5)], 0.003)
+    ]
+    # float32: 1 - b2**t at t = 2 is 0.002, computed from 0.998 with float32 rounding, so the
+    # bias correction alone carries up to ~500 eps of relative error.
+    np.testing.assert_allclose(released, want, rtol=1000 * float(np.finfo(np.float32).eps))
+    assert abs(current[2] - released[2]) > 0.05 * abs(released[2]), (released, current)
+    with pytest.raises(ValueError, match="`adabelief` must be 'released' or 'current', got 'adam'"):
+        DistillConfig(adabelief="adam")  # type: ignore[arg-type]

@@ -402,6 +402,14 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
         "(default), the paper text's probe, or fixed",
     )
     p.add_argument(
+        "--adabelief",
+        choices=("released", "current"),
+        default="released",
+        help="the support set's AdaBelief: as optax computed it before 0.2.4, which the "
+        "released code ran on (default), or current optax's (the AdaBelief paper's; ~1.11x "
+        "larger steps)",
+    )
+    p.add_argument(
         "--pool-steps",
         type=_positive_int,
         default=15,
@@ -516,11 +524,13 @@ class RunSettings:
     zca_block: int | None = None
     mixed_precision: bool = False
     norm: str = "none"
+    adabelief: str = "released"
 
     def record(self) -> dict[str, Any]:
         """The settings as a JSON-serialisable dict (``image_size``, ``zca_block``,
         ``mixed_precision`` and ``norm`` only when set, so that runs from before these options
-        resume)."""
+        resume; ``adabelief`` always: it changed the default optimizer, so a run folder from
+        before it does not resume under the other one)."""
         record = dataclasses.asdict(self)
         for optional in ("image_size", "zca_block", "mixed_precision", "norm"):
             if record[optional] in (None, False, "none"):
@@ -562,6 +572,7 @@ class RunSettings:
             reset_every=self.reset_every,
             target_batch=self.target_batch,
             lr_tuning=self.lr_tuning,  # type: ignore[arg-type]
+            adabelief=self.adabelief,  # type: ignore[arg-type]
             pool_max_steps=self.pool_steps,
             ema_decay=self.ema,
             flip=self.flip,
@@ -615,6 +626,7 @@ def _resolve(args, dataset, method: str, seed: int) -> RunSettings:
         zca_block=args.zca_block,
         mixed_precision=args.mixed_precision,
         norm=getattr(args, "norm", "none"),
+        adabelief=getattr(args, "adabelief", "released"),
     )
 
 
