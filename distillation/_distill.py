@@ -114,6 +114,13 @@ class DistillConfig:
             reading of ``0.0005·|S|``); the released code counts the learned images only.
         pool_max_steps: pool training steps per selection, drawn from ``1 … pool_max_steps``
             (1: the paper's Algorithm 1).
+        pool_drift: take the meta-gradient at the selected pool model's weights moved by
+            ``n_inner`` steps of its own Adam with a zero gradient
+            (:meth:`ModelPool.drifted`), as the released code, whose inner solve continues the
+            pool model's optimizer state with non-zero moments for those weights; the pool
+            keeps training from the unmoved weights. ``False``: the selected weights as they
+            are (the paper's Algorithm 1). The released code moves them during its inner
+            solve, step by step; here they are moved once, before it.
         adabelief: the meta-optimizer's AdaBelief: ``"released"`` (optax before 0.2.4, which
             the released code ran on: the belief tracks ``g_t − m_{t−1}``,
             :func:`released_adabelief`) or ``"current"`` (optax from 0.2.4 and the AdaBelief
@@ -133,6 +140,7 @@ class DistillConfig:
     tune_every: int = 10
     pool_lr: float = 5e-5
     pool_max_steps: int = 15
+    pool_drift: bool = True
     ema_decay: float = 0.99
     inner_count_from_pool: bool = True
     center_labels: bool = True
@@ -179,6 +187,10 @@ class DistillConfig:
             raise ValueError(
                 "DistillConfig: `adabelief` must be 'released' or 'current', got "
                 f"{self.adabelief!r}."
+            )
+        if not isinstance(self.pool_drift, bool):
+            raise ValueError(
+                f"DistillConfig: `pool_drift` must be True or False, got {self.pool_drift!r}."
             )
         if not (isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0):
             raise ValueError(
@@ -549,7 +561,7 @@ class Distiller:
         algorithm = state.algorithm
         key, k_model, k_subset, k_renew = jax.random.split(jax.random.wrap_key_data(state.key), 4)
         index = jax.random.randint(k_model, (), 0, pool.size)
-        model0 = pool.model(state.pool, index)
+        model0 = self._base_model(state, index)
         if config.inner_count_from_pool:
             algorithm = algorithm.with_inner_count(state.pool.ages[index])
         x_t, y_t = batch
@@ -634,6 +646,12 @@ class Distiller:
         }
         return new_state, metrics
 
+    def _base_model(self, state: DistillState, index: Array):
+        """Pool model ``index`` where the meta-gradient is taken (``config.pool_drift``)."""
+        if self.config.pool_drift:
+            return self.pool.drifted(state.pool, index, state.algorithm.n_inner)
+        return self.pool.model(state.pool, index)
+
     def probe(self, state: DistillState, x_train: Array, y_train: Array) -> DistillState:
         """The paper text's learning-rate probe (``lr_tuning="probe"``;
         :class:`~distillation.LearningRateTuner`), run before every
@@ -647,7 +665,7 @@ class Distiller:
             return state
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 0x7E5E)
         k_model, k_batch = jax.random.split(key)
-        model0 = self.pool.model(state.pool, jax.random.randint(k_model, (), 0, self.pool.size))
+        model0 = self._base_model(state, jax.random.randint(k_model, (), 0, self.pool.size))
         x_t, y_t = _sample_target(k_batch, x_train, y_train, self.config)
         tuned = LearningRateTuner(every=self.config.tune_every).probe(
             state.algorithm,

@@ -72,6 +72,26 @@ class ModelPool(eqx.Module):
     def model(self, state: PoolState, index: Array) -> ConvNet:
         return jax.tree_util.tree_map(lambda a: a[index], state.models)
 
+    def drifted(self, state: PoolState, index: Array, steps: int) -> ConvNet:
+        """Model ``index`` after ``steps`` updates of its own optimizer with a **zero**
+        gradient, its state left as it was.
+
+        This is where the released code takes a meta-step's inner solve and implicit gradient:
+        its inner solve continues the pool model's optimizer state, in which the network
+        weights get no gradient (they are the linearisation point) but Adam, its moments
+        non-zero from the pool's training, still steps them ``lr · m̂/(√v̂ + ε)`` at every
+        inner step (``docs/fidelity.md`` row 32). A fresh model (moments zero) does not move.
+        """
+        model = self.model(state, index)
+        opt_state = jax.tree_util.tree_map(lambda a: a[index], state.opt_states)
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, model)  # as `train_step`'s gradients
+
+        def one(_, carry):
+            return optax_step(self.optimizer, zeros, carry[1], carry[0])
+
+        model, _ = jax.lax.fori_loop(0, steps, one, (model, opt_state))
+        return model
+
     def train_step(
         self,
         state: PoolState,

@@ -269,6 +269,47 @@ def test_pool_steps_per_selection_are_uniform_from_one_to_max_and_ages_start_at_
     assert int(renewed.ages[0]) == (0 if counts_needed >= 2 else counts_needed)
 
 
+def test_pool_drift_is_the_pool_adams_step_with_a_zero_gradient(x64):
+    """Row 32: the released inner solve continues the pool model's Adam, whose moments for the
+    network weights are non-zero, with a zero gradient for them; after ``n`` inner steps they
+    have moved by ``Σ_k lr · m̂_k/(√v̂_k + ε)``, ``m_k = b1^k m``, ``v_k = b2^k v``, the bias
+    corrections at the count ``age + k``. A fresh model does not move."""
+    lr, b1, b2, eps = 5e-5, 0.9, 0.999, 1e-8
+
+    def make_model(key):
+        return conv_net((8, 8, 1), 3, key=key, width=2, depth=1, dtype=jnp.float64)
+
+    pool = ModelPool(make_model, 2, 100, optax.adam(lr), max_steps=3, unroll=False)
+    state = pool.init(key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (5, 8, 8, 1), jnp.float64)
+    y = jax.nn.one_hot(jnp.arange(5) % 3, 3, dtype=jnp.float64)
+    drifted = jax.jit(pool.drifted, static_argnums=2)
+    fresh = drifted(state, jnp.asarray(0), 20)
+    assert rel_err(tree_ravel(fresh), tree_ravel(pool.model(state, jnp.asarray(0)))) == 0
+    for k in jax.random.split(jax.random.key(2), 3):
+        state, _ = pool.train_step(state, jnp.asarray(0), x, y, key=k)
+    age = int(state.ages[0])
+    adam = jax.tree_util.tree_map(lambda a: a[0], state.opt_states)[0]
+    assert int(adam.count) == age >= 3
+
+    def oracle(w, m, v):
+        for k in range(1, 21):
+            t = age + k
+            m_hat, v_hat = b1**k * m / (1 - b1**t), b2**k * v / (1 - b2**t)
+            w = w - lr * m_hat / (np.sqrt(v_hat) + eps)
+        return w
+
+    model = pool.model(state, jnp.asarray(0))
+    leaves = [np.asarray(a, np.float64) for a in jax.tree_util.tree_leaves(model)]
+    mu = [np.asarray(a) for a in jax.tree_util.tree_leaves(adam.mu)]
+    nu = [np.asarray(a) for a in jax.tree_util.tree_leaves(adam.nu)]
+    want = np.concatenate([oracle(w, m, v).ravel() for w, m, v in zip(leaves, mu, nu, strict=True)])
+    got = tree_ravel(drifted(state, jnp.asarray(0), 20))
+    assert rel_err(got, want) < 1e-12
+    moved = float(jnp.linalg.norm(got - tree_ravel(model)))
+    assert moved > 20 * lr  # the weights did move (~lr per weight and inner step)
+
+
 def test_lambda_counts_the_learned_images_not_their_mirrors():
     support = SupportSet(jnp.zeros((20, 4, 4, 3)), jnp.zeros((20, 10)), jnp.asarray(0.0))
     for flip in (False, True):
@@ -325,6 +366,55 @@ def test_ema_is_the_bias_corrected_average_of_the_iterates():
     assert rel_err(tree_ravel(ema_support(state, 0.9)), tree_ravel(expected)) < 1e-5
     assert rel_err(tree_ravel(ema_support(state, 0.9)), tree_ravel(state.support)) > 1e-6
     assert ema_support(state, 0.0) is state.support
+
+
+# slow: three compiled meta-steps
+@pytest.mark.slow
+def test_the_meta_gradient_is_taken_at_the_drifted_pool_weights():
+    """``pool_drift`` (default): a step equals the undrifted step (``pool_drift=False``) on a
+    pool whose weights were moved by :meth:`ModelPool.drifted` beforehand, and differs from
+    the undrifted step on the pool as it is."""
+    import dataclasses
+
+    x = np.asarray(jax.random.normal(jax.random.key(0), (60, 8, 8, 1)), np.float32)
+    y = np.arange(60) % 3
+    # pool_lr 100x the default: a drift well above float32 rounding in the outer loss
+    config = DistillConfig(
+        pool_size=2,
+        target_batch=16,
+        width=2,
+        depth=1,
+        pool_max_steps=3,
+        pool_lr=5e-3,
+        lr_tuning="none",
+    )
+    assert DistillConfig().pool_drift
+    algorithm = rcig(n_inner=3, n_hessian=2)
+    shape = x.shape[1:]
+    drift = Distiller.build(algorithm, config, image_shape=shape, num_classes=3)
+    fixed = Distiller.build(
+        algorithm, dataclasses.replace(config, pool_drift=False), image_shape=shape, num_classes=3
+    )
+    support = init_support(x, y, 3, 1, key=jax.random.key(1), center_labels=True)
+    state = drift.init(support, key=jax.random.key(2))
+    step, batch = jax.jit(drift.step), jax.jit(drift.next_batch)
+    x_dev, y_dev = jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 3)
+    for _ in range(4):  # pool models with a history (non-zero Adam moments)
+        state, _ = step(state, batch(state, x_dev, y_dev))
+    assert int(jnp.min(state.pool.ages)) > 0
+    moved = jax.vmap(lambda i: drift.pool.drifted(state.pool, i, 3))(jnp.arange(2))
+    state_moved = dataclasses.replace(state, pool=dataclasses.replace(state.pool, models=moved))
+    b = batch(state, x_dev, y_dev)
+    fixed_step = jax.jit(fixed.step)
+    (_, m_drift), (_, m_moved), (_, m_fixed) = (
+        step(state, b),
+        fixed_step(state_moved, b),
+        fixed_step(state, b),
+    )
+    for name in ("outer_loss", "inner_loss", "direct_norm", "implicit_norm"):
+        want = float(m_moved[name])
+        assert float(m_drift[name]) == pytest.approx(want, rel=1e-5), name
+    assert float(m_fixed["outer_loss"]) != pytest.approx(float(m_drift["outer_loss"]), rel=1e-4)
 
 
 # slow: a compile per transform / per pool variant (~10 s each on 2 cores)

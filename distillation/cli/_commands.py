@@ -417,6 +417,14 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
         "code; 1 is the paper's Algorithm 1)",
     )
     p.add_argument(
+        "--pool-drift",
+        choices=("released", "none"),
+        default="released",
+        help="where the meta-gradient is taken: the selected pool model's weights moved by its "
+        "own Adam's momentum over the inner steps, as the released code (default), or as they "
+        "are (none)",
+    )
+    p.add_argument(
         "--ema",
         type=_decay,
         default=0.99,
@@ -525,12 +533,13 @@ class RunSettings:
     mixed_precision: bool = False
     norm: str = "none"
     adabelief: str = "released"
+    pool_drift: str = "released"
 
     def record(self) -> dict[str, Any]:
         """The settings as a JSON-serialisable dict (``image_size``, ``zca_block``,
         ``mixed_precision`` and ``norm`` only when set, so that runs from before these options
-        resume; ``adabelief`` always: it changed the default optimizer, so a run folder from
-        before it does not resume under the other one)."""
+        resume; ``adabelief`` and ``pool_drift`` always: each changed the default method, so a
+        run folder from before it does not resume under the other one)."""
         record = dataclasses.asdict(self)
         for optional in ("image_size", "zca_block", "mixed_precision", "norm"):
             if record[optional] in (None, False, "none"):
@@ -574,6 +583,7 @@ class RunSettings:
             lr_tuning=self.lr_tuning,  # type: ignore[arg-type]
             adabelief=self.adabelief,  # type: ignore[arg-type]
             pool_max_steps=self.pool_steps,
+            pool_drift=self.pool_drift == "released",
             ema_decay=self.ema,
             flip=self.flip,
             n_subset=self.n_subset,
@@ -627,6 +637,7 @@ def _resolve(args, dataset, method: str, seed: int) -> RunSettings:
         mixed_precision=args.mixed_precision,
         norm=getattr(args, "norm", "none"),
         adabelief=getattr(args, "adabelief", "released"),
+        pool_drift=getattr(args, "pool_drift", "released"),
     )
 
 
