@@ -63,6 +63,7 @@ DATASETS = {
 }
 HARNESS = SHARED / "tools" / "official_rcig"
 RESULTS = ROOT / "benchmarks" / "results"
+FIGURES = ROOT / "docs" / "figures"
 CHECKPOINTS = (50, 100, 200, 300, 400, 500, 1000, 1500, 2000)  # depth_3_no_flip.txt's, ≤ 2000
 
 
@@ -99,7 +100,10 @@ def accuracy(args) -> None:
     folder, flip, official = DATASETS[args.dataset]
     dataset = load_dataset(str(folder))
     suffix = "" if args.dataset == "mnist" else f"_{args.dataset}"
-    out_path = RESULTS / f"side_by_side{suffix}.json"
+    out_path = args.out or RESULTS / f"side_by_side{suffix}.json"
+    figure = FIGURES / (
+        f"side_by_side_{args.dataset}.png" if args.out is None else f"{args.out.stem}.png"
+    )
     results = json.loads(out_path.read_text()) if out_path.exists() else {"runs": []}
     done = {(r["who"], r["seed"], r["width"], r["steps"]) for r in results["runs"]}
     marks = [c for c in CHECKPOINTS if c <= args.steps]
@@ -213,7 +217,7 @@ def accuracy(args) -> None:
             }
         )
         out_path.write_text(json.dumps(results, indent=1))
-    _report(results, args.width, args.steps, args.dataset)
+    _report(results, args.width, args.steps, args.dataset, figure)
 
 
 def _replayed(info: dict) -> bool:
@@ -221,7 +225,7 @@ def _replayed(info: dict) -> bool:
     return bool(info.get("lr_tuning", {}).get("replayed", False))
 
 
-def _report(results: dict, width: int, steps: int, dataset: str = "mnist") -> None:
+def _report(results: dict, width: int, steps: int, dataset: str, figure: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,7 +261,7 @@ def _report(results: dict, width: int, steps: int, dataset: str = "mnist") -> No
     ax.set_title(f"{name}, 1 image per class, width {width}")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "figures" / f"side_by_side_{dataset}.png", dpi=120)
+    fig.savefig(figure, dpi=120)
     print("\n".join(lines))
 
 
@@ -371,6 +375,13 @@ def main() -> None:
         "is the current formula, so the two codes' optimizers stay the same; fidelity.md row 31)",
     )
     a.add_argument("--official", default=None, help="default: by --dataset, see DATASETS")
+    a.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (default benchmarks/results/side_by_side[_DATASET].json); the figure "
+        "goes to docs/figures/<its name>.png",
+    )
     a.add_argument(
         "--tuning-seconds",
         type=float,

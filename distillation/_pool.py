@@ -1,12 +1,13 @@
 """The model pool of Algorithm 1: ``m`` partially trained models.
 
-Each iteration one pool model is the linearisation point / inner starting point; afterwards it
-takes between 1 and ``max_steps`` standard-dynamics training steps (MSE on the current support
-set, the number drawn uniformly), and a model that has taken ``K`` steps in all is
-re-initialised. Every model starts fresh (age 0). These are the released code's choices
-(``run_rcig``: ``n_max_steps_pool = 16``, i.e. 1–15 steps, Adam 5e-5); the paper's Algorithm 1
-writes one step per selection, which is ``max_steps=1``. All of it is a pytree of stacked
-arrays, so it lives inside the jitted step.
+Each iteration one pool model is the linearisation point / inner starting point (moved first by
+its own optimizer's momentum, :meth:`ModelPool.drifted`, as the released code); afterwards it
+takes, from its unmoved weights, between 1 and ``max_steps`` standard-dynamics training steps
+(MSE on the current support set, the number drawn uniformly), and a model that has taken ``K``
+steps in all is re-initialised. Every model starts fresh (age 0). These are the released code's
+choices (``run_rcig``: ``n_max_steps_pool = 16``, i.e. 1–15 steps, Adam 5e-5); the paper's
+Algorithm 1 writes one step per selection, which is ``max_steps=1``. All of it is a pytree of
+stacked arrays, so it lives inside the jitted step.
 """
 
 from __future__ import annotations
