@@ -9,6 +9,11 @@ then measures, for every pool model, the drift over ``n_inner`` steps
     python benchmarks/pool_drift.py --dataset ../shared/data/mnist --width 32 --steps 300
 
 writes ``benchmarks/results/pool_drift.json``. ``--dataset digits`` needs no data.
+
+``--timing ITERS``: instead, seconds per iteration with ``pool_drift`` on and off, alternated
+twice in one run (fixed learning rates, from the third iteration on)::
+
+    python benchmarks/pool_drift.py --dataset ../shared/data/mnist --timing 25
 """
 
 from __future__ import annotations
@@ -37,6 +42,37 @@ def _diff(a, b):
     return jax.tree_util.tree_map(jnp.subtract, a, b)
 
 
+def _siter(data, drift: bool, width: int, iters: int) -> float:
+    from distillation._distill import distill
+
+    config = DistillConfig(
+        steps=iters, width=width, flip=False, lr_tuning="none", log_every=1, pool_drift=drift
+    )
+    result = distill(
+        data.x_train,
+        data.y_train,
+        data.num_classes,
+        rcig(inner_lr=1.4e-3, hessian_lr=17.6),
+        1,
+        config,
+        key=jax.random.key(0),
+        progress=False,
+    )
+    t = np.asarray([row["seconds"] for row in result.history])
+    return float(np.mean(np.diff(t)[1:]))
+
+
+def timing(data, width: int, iters: int) -> None:
+    rows = []
+    for _ in range(2):
+        for drift in (True, False):
+            rows.append({"pool_drift": drift, "s_per_iter": _siter(data, drift, width, iters)})
+            print(rows[-1], flush=True)
+    on = np.mean([r["s_per_iter"] for r in rows if r["pool_drift"]])
+    off = np.mean([r["s_per_iter"] for r in rows if not r["pool_drift"]])
+    print(f"on / off: {on:.3f} / {off:.3f} s per iteration, ratio {on / off:.3f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="digits")
@@ -45,9 +81,13 @@ def main(argv=None):
     parser.add_argument("--n-inner", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pool_drift.json")
+    parser.add_argument("--timing", type=int, default=None, metavar="ITERS")
     args = parser.parse_args(argv)
 
     data = load_dataset(args.dataset)
+    if args.timing is not None:
+        timing(data, args.width, args.timing)
+        return
     k = data.num_classes
     # No learning-rate tuning: the pool's training (what the drift depends on) does not read
     # the inner or Hessian-inverse rates; the run uses the algorithm's starting rates.
