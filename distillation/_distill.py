@@ -677,19 +677,32 @@ class Distiller:
         return eqx.tree_at(lambda s: s.algorithm, state, tuned)
 
     def preround_probe(
-        self, state: DistillState, algorithm: Algorithm, x_train: Array, y_train: Array, call: Array
+        self,
+        state: DistillState,
+        algorithm: Algorithm,
+        x_train: Array,
+        y_train: Array,
+        call: Array,
+        hessian: bool = True,
     ) -> tuple[Array, Array]:
         """One probe of the released code's learning-rate pre-round:
         ``(inner class, Hessian-inverse class)`` (:func:`~distillation.classify_trace`)
         of the solves of one meta-step with ``algorithm``'s rates, on a fresh model (the same
         for every call, as ``run_rcig(lr_tune=True)`` builds its one-model pool from the run's
-        key) and a target batch that changes with ``call``."""
+        key) and a target batch that changes with ``call``. ``hessian=False`` (static) skips
+        the Hessian-inverse solve and its target batch (that class is then 0): the inner
+        class is the same, for a fraction of the work."""
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 0x9E7)
         k_model, k_batch = jax.random.split(key)
         model0 = self.pool.make_model(k_model)
         x_t, y_t = _sample_target(jax.random.fold_in(k_batch, call), x_train, y_train, self.config)
         inner_trace, hessian_trace = solve_traces(
-            algorithm, self._probe_problem(state, model0), x_t, y_t, state.support.log_temperature
+            algorithm,
+            self._probe_problem(state, model0),
+            x_t,
+            y_t,
+            state.support.log_temperature,
+            hessian=hessian,
         )
         # run_rcig classifies the values before each step (the last point excluded).
         return classify_trace(inner_trace[:-1]), classify_trace(hessian_trace[:-1])
@@ -704,17 +717,21 @@ class Distiller:
         """The released code's learning-rate pre-round (host loop over a compiled probe):
         the state with the tuned rates in ``state.algorithm``. ``on_probe`` is told each
         candidate (for a progress line)."""
-        probe_fn = jax.jit(self.preround_probe)
+        probe_fn = jax.jit(self.preround_probe, static_argnames="hessian")
 
-        def probe(algorithm: Algorithm, call: int) -> tuple[int, int]:
+        def probe(algorithm: Algorithm, call: int, hessian: bool = True) -> tuple[int, int]:
             if on_probe is not None:
                 on_probe(algorithm)
-            inner, hessian = probe_fn(
-                state, algorithm, x_train, y_train, jnp.asarray(call, jnp.int32)
+            inner, hessian_class = probe_fn(
+                state, algorithm, x_train, y_train, jnp.asarray(call, jnp.int32), hessian=hessian
             )
-            return int(inner), int(hessian)
+            return int(inner), int(hessian_class)
 
-        tuned, _ = released_preround(probe, state.algorithm)
+        # The inner loop reads only the inner class: its probes skip the Hessian-inverse solve
+        # and the target batch (at width 128 most of a probe's time).
+        tuned, _ = released_preround(
+            probe, state.algorithm, inner_probe=lambda a, call: probe(a, call, hessian=False)[0]
+        )
         return eqx.tree_at(lambda s: s.algorithm, state, tuned)
 
     def _probe_problem(self, state: DistillState, model0) -> InnerProblem:

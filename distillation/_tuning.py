@@ -83,6 +83,7 @@ def released_preround(
     increase: float = 1.2,
     final: float = 0.7,
     max_probes: int = 200,
+    inner_probe: Callable[[Algorithm, int], int] | None = None,
 ) -> tuple[Algorithm, int]:
     """The released code's learning-rate pre-round (``distill_dataset.py``).
 
@@ -92,6 +93,10 @@ def released_preround(
         algorithm: with the starting rates (the released code's 1e-5 and 5e-5).
         max_probes: a bound on each of the two loops (the released code has none; a rate that
             never stops being monotone would loop for ever).
+        inner_probe: ``(algorithm, call index) -> inner class``, used instead of ``probe``
+            while the inner rate is tuned, when given. That loop reads only the inner class, so
+            a probe that skips the Hessian-inverse solve (and the target batch its right-hand
+            side needs) gives the same rates for less work.
 
     Returns:
         The algorithm with the tuned rates (replaced leaves) and the number of probes run.
@@ -102,10 +107,14 @@ def released_preround(
         # float32 arithmetic, as the rates are float32 leaves.
         nonlocal calls
         for _ in range(max_probes):
-            classes = probe(algorithm.with_learning_rates(*rates(rate)), calls)
+            candidate = algorithm.with_learning_rates(*rates(rate))
+            if which == 0 and inner_probe is not None:
+                monotone = inner_probe(candidate, calls) == 1
+            else:
+                monotone = probe(candidate, calls)[which] == 1
             calls += 1
             rate = rate * increase
-            if classes[which] != 1:
+            if not monotone:
                 break
         return rate * final
 
@@ -118,18 +127,24 @@ def released_preround(
 
 
 def solve_traces(
-    algorithm: Algorithm, problem: InnerProblem, x_t, y_t, log_temperature
+    algorithm: Algorithm,
+    problem: InnerProblem,
+    x_t,
+    y_t,
+    log_temperature,
+    hessian: bool = True,
 ) -> tuple[Array, Array]:
     """The loss traces of one meta-step's inner solve and Hessian-inverse solve (the quadratic)
     with ``algorithm``'s rates: the values before each step and at the returned point
     (``steps + 1`` entries each; the Hessian one empty when there is no tuned
-    ``AdamQuadratic``)."""
+    ``AdamQuadratic``, or when ``hessian`` is false: then neither that solve nor the target
+    batch it needs is computed)."""
     head = algorithm.final_layer
     delta, info, _ = algorithm.inner_solver(head.inner_loss, head.init(problem.network), problem)
     inner_trace = jnp.append(info.loss_trace, info.loss)
     hessian_trace = jnp.zeros((0,), jnp.float32)
     solver = algorithm.tuned_hessian_solver
-    if solver is not None:
+    if hessian and solver is not None:
         g = jax.grad(
             lambda d: algorithm.outer_loss(head.predict(d, problem, x_t), y_t, log_temperature)
         )(delta)

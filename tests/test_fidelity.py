@@ -234,6 +234,71 @@ def test_released_preround_on_a_scripted_probe():
     assert calls[-1][0] == pytest.approx(float(tuned.inner_lr), rel=1e-6)
 
 
+def test_released_preround_inner_probe_replaces_the_probe_in_the_inner_loop_only():
+    """``inner_probe`` answers the inner loop's calls (same call indices, same rates); the
+    Hessian loop still calls ``probe``; the tuned rates are those of ``probe`` alone."""
+    seen = {"probe": [], "inner": []}
+
+    def probe(algorithm, call):
+        seen["probe"].append(call)
+        return int(float(algorithm.inner_lr) < 1e-3), int(float(algorithm.hessian_lr) < 2.0)
+
+    def inner_probe(algorithm, call):
+        seen["inner"].append(call)
+        return int(float(algorithm.inner_lr) < 1e-3)
+
+    alone, n_alone = released_preround(probe, rcig())
+    calls_alone = list(seen["probe"])
+    seen["probe"].clear()
+    both, n_both = released_preround(probe, rcig(), inner_probe=inner_probe)
+    assert (float(both.inner_lr), float(both.hessian_lr)) == (
+        float(alone.inner_lr),
+        float(alone.hessian_lr),
+    )
+    assert n_both == n_alone == len(calls_alone)
+    n_inner = int(np.ceil(np.log(1e-3 / 1e-5) / np.log(1.2))) + 1  # up to the first non-monotone
+    assert seen["inner"] == list(range(n_inner))
+    assert seen["probe"] == list(range(n_inner, n_both))
+
+
+def test_the_preround_inner_probe_gives_the_full_probes_inner_class_and_the_same_rates():
+    """``preround_probe(hessian=False)`` (what the pre-round's inner loop runs) classifies the
+    inner solve as the full probe does, at rates on both sides of the monotone limit, and
+    ``tune_learning_rates`` ends at the rates of a pre-round run with the full probe only."""
+    x = np.asarray(jax.random.normal(jax.random.key(0), (60, 8, 8, 1)), np.float32)
+    y = np.arange(60) % 3
+    config = DistillConfig(pool_size=2, target_batch=16, width=2, depth=1, pool_max_steps=1)
+    assert config.lr_tuning == "released"
+    distiller = Distiller.build(
+        rcig(n_inner=4, n_hessian=4), config, image_shape=x.shape[1:], num_classes=3
+    )
+    support = init_support(x, y, 3, 1, key=jax.random.key(1), center_labels=True)
+    state = distiller.init(support, key=jax.random.key(2))
+    x_dev, y_dev = jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 3)
+    probe = jax.jit(distiller.preround_probe, static_argnames="hessian")
+    inner_classes = set()
+    for call, rate in enumerate([1e-5, 1e-2, 1.0, 1e2, 1e4]):
+        algorithm = state.algorithm.with_learning_rates(rate, 1e-3)
+        c = jnp.asarray(call, jnp.int32)
+        full = probe(state, algorithm, x_dev, y_dev, c)
+        inner_only = probe(state, algorithm, x_dev, y_dev, c, hessian=False)
+        assert int(inner_only[0]) == int(full[0]), rate
+        assert int(inner_only[1]) == 0  # no Hessian-inverse trace
+        inner_classes.add(int(full[0]))
+    assert len(inner_classes) > 1  # the rates span the monotone limit
+
+    def full_probe(algorithm, call):
+        classes = probe(state, algorithm, x_dev, y_dev, jnp.asarray(call, jnp.int32))
+        return int(classes[0]), int(classes[1])
+
+    reference, _ = released_preround(full_probe, state.algorithm)
+    tuned = distiller.tune_learning_rates(state, x_dev, y_dev).algorithm
+    assert (float(tuned.inner_lr), float(tuned.hessian_lr)) == (
+        float(reference.inner_lr),
+        float(reference.hessian_lr),
+    )
+
+
 def _pool(max_steps, unroll, reset_every=100):
     def make_model(key):
         return conv_net((8, 8, 1), 3, key=key, width=2, depth=1)
