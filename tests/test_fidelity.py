@@ -177,6 +177,35 @@ def test_clip_to_direct_scales_each_leaf_to_at_most_the_direct_norm():
     assert float(clipped.log_temperature) == 0.0
 
 
+# slow: two compiled meta-steps
+@pytest.mark.slow
+def test_the_step_clips_the_implicit_gradient_by_default():
+    """``rcig()`` clips (the released default) and ``Distiller.step`` applies it: with a large
+    Hessian-inverse rate the unclipped implicit part outgrows the direct one, and the clipped
+    step's implicit part is at most the direct one's norm (leaf by leaf, hence overall)."""
+    assert rcig().clip_implicit and not rcig(clip_implicit=False).clip_implicit
+    x = np.asarray(jax.random.normal(jax.random.key(0), (60, 8, 8, 1)), np.float32)
+    y = np.arange(60) % 3
+    config = DistillConfig(
+        pool_size=2, target_batch=16, width=2, depth=1, pool_max_steps=1, lr_tuning="none"
+    )
+    support = init_support(x, y, 3, 1, key=jax.random.key(1), center_labels=True)
+    x_dev, y_dev = jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 3)
+    metrics, supports = {}, {}
+    for clip in (True, False):
+        algorithm = rcig(n_inner=2, n_hessian=4, hessian_lr=2000.0, clip_implicit=clip)
+        distiller = Distiller.build(algorithm, config, image_shape=x.shape[1:], num_classes=3)
+        state = distiller.init(support, key=jax.random.key(2))
+        batch = distiller.next_batch(state, x_dev, y_dev)
+        new_state, metrics[clip] = jax.jit(distiller.step)(state, batch)
+        supports[clip] = new_state.support
+    direct = float(metrics[False]["direct_norm"])
+    assert float(metrics[True]["direct_norm"]) == pytest.approx(direct, rel=1e-5)
+    assert float(metrics[False]["implicit_norm"]) > 1.5 * direct  # clipping has work to do
+    assert float(metrics[True]["implicit_norm"]) <= direct * (1 + 1e-5)
+    assert rel_err(tree_ravel(supports[True]), tree_ravel(supports[False])) > 1e-6
+
+
 def test_label_margin_is_capped_at_one_over_2k():
     labels = jnp.asarray([[0.9, -0.1, -0.1, -0.1], [0.1, 0.05, 0.0, 0.0]])
     # first row: top1 − top2 = 1.0, capped at 1/8; second: 0.05
@@ -570,6 +599,12 @@ def test_command_line_defaults_follow_the_released_configs():
     assert (s.steps, s.flip, s.n_subset) == (5000, False, 2000)
     s = _resolve(parse(["distill", "--dataset", "x"]), gray, "rcig", 0)
     assert (s.steps, s.flip, s.target_batch) == (15000, False, 1024)
+    digits = SimpleNamespace(image_shape=(8, 8, 1), num_classes=10, grayscale=True)
+    s = _resolve(parse(["distill", "--dataset", "digits"]), digits, "rcig", 0)
+    assert s.steps == 300  # the bundled default run stays a few minutes
+    explicit = parse(["distill", "--dataset", "x", "--steps", "7"])
+    assert _resolve(explicit, gray, "rcig", 0).steps == 7
+    assert s.algorithm().clip_implicit
     algorithm = s.algorithm()
     assert (algorithm.n_inner, algorithm.tuned_hessian_solver.steps) == (20, 20)
     assert (float(algorithm.inner_lr), float(algorithm.hessian_lr)) == pytest.approx((1e-5, 5e-5))
