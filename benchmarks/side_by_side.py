@@ -46,6 +46,13 @@ at the median seconds of those run::
     python benchmarks/side_by_side.py accuracy --seeds 0 --width 128 --steps 100 \
         --out benchmarks/results/side_by_side_w128.json
 
+Ours at the official run's tuned rates (no pre-round; the released in-training schedule from
+them), beside the official run copied from ``side_by_side_w128.json``::
+
+    python benchmarks/side_by_side.py accuracy --seeds 0 --width 128 --steps 100 \
+        --rates 1.0784915102210452e-4,8.479939925435627 \
+        --out benchmarks/results/side_by_side_w128_their_rates.json
+
 Run (the official runs first, see ../shared/tools/official_rcig/README.md)::
 
     python benchmarks/side_by_side.py accuracy --seeds 0,1,2 --width 32 --steps 500
@@ -141,15 +148,25 @@ def accuracy(args) -> None:
         out_path.write_text(json.dumps(results, indent=1))
     for seed in args.seeds:
         if ("ours", seed, args.width, args.steps) not in done:
+            # --rates: no pre-round; the released schedule from the given rates
             config = DistillConfig(
-                steps=args.steps, width=args.width, flip=flip, adabelief=args.adabelief
+                steps=args.steps,
+                width=args.width,
+                flip=flip,
+                adabelief=args.adabelief,
+                lr_tuning="released" if args.rates is None else "schedule",
             )
-            print(f"[ours] seed {seed}: distilling {args.steps} iterations", flush=True)
+            given = (
+                {}
+                if args.rates is None
+                else dict(zip(("inner_lr", "hessian_lr"), args.rates, strict=True))
+            )
+            print(f"[ours] seed {seed}: distilling {args.steps} iterations {given}", flush=True)
             result = distill(
                 dataset.x_train,
                 dataset.y_train,
                 dataset.num_classes,
-                rcig(),
+                rcig(**given),
                 args.ipc,
                 config,
                 key=jax.random.key(seed),
@@ -176,6 +193,7 @@ def accuracy(args) -> None:
                     "width": args.width,
                     "steps": args.steps,
                     "adabelief": args.adabelief,
+                    "rates_given": args.rates,
                     "learning_rates": [
                         result.learning_rates[0],
                         result.learning_rates[1],
@@ -414,6 +432,13 @@ def main() -> None:
         type=float,
         default=None,
         help="their tuning's seconds when the run replayed a stored tuning (RCIG_LRS)",
+    )
+    a.add_argument(
+        "--rates",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=None,
+        help="INNER,HESSIAN: ours skips its learning-rate pre-round and runs the released "
+        "schedule from these rates (lr_tuning='schedule'), e.g. the official run's tuned ones",
     )
     t = sub.add_parser("timing")
     t.add_argument("--width", type=int, default=32)

@@ -63,7 +63,7 @@ from distillation._tuning import (
 from distillation.data._datasets import HostImages
 from distillation.evaluation._augment import with_mirrors
 
-LrTuning = Literal["released", "probe", "none"]
+LrTuning = Literal["released", "schedule", "probe", "none"]
 AdaBelief = Literal["released", "current"]
 
 
@@ -86,9 +86,11 @@ class DistillConfig:
             same way; during training, every 50
             iterations scale the inner one ×0.9 when ≥ 29 % of the solves since the last
             change ended above their start, ×1.05 when ≥ 70 % were monotone (the Hessian one
-            stays). ``"probe"``: the paper's text (both rates adjusted from a probe every
-            ``tune_every`` iterations: ×1.05 while monotone, ×0.9 on divergence). ``"none"``:
-            fixed rates.
+            stays). ``"schedule"``: that schedule without the pre-round, from the algorithm's
+            rates as given (replaying a stored tuning, as the released harness's
+            ``RCIG_LRS``; the pre-round costs 20 min to 1.5 h on a CPU). ``"probe"``: the
+            paper's text (both rates adjusted from a probe every ``tune_every`` iterations:
+            ×1.05 while monotone, ×0.9 on divergence). ``"none"``: fixed rates.
         ema_decay: the result (exported, evaluated) is the bias-corrected exponential moving
             average of the support set with this decay; 0: the last iterate.
         norm: the distillation ConvNet's normalisation: ``"none"`` (the paper's), ``"instance"``,
@@ -178,9 +180,10 @@ class DistillConfig:
                 raise ValueError(
                     f"DistillConfig: `{name}` must be a positive number, got {value!r}."
                 )
-        if self.lr_tuning not in ("released", "probe", "none"):
+        if self.lr_tuning not in ("released", "schedule", "probe", "none"):
             raise ValueError(
-                "DistillConfig: `lr_tuning` must be 'released', 'probe' or 'none', got "
+                "DistillConfig: `lr_tuning` must be 'released', 'schedule', 'probe' or 'none', "
+                "got "
                 f"{self.lr_tuning!r}."
             )
         if self.adabelief not in ("released", "current"):
@@ -495,11 +498,14 @@ class Distiller:
                 "subsampling splits. Use n_subset=None (or >= |S|), or norm='none'."
             )
         k_pool, k_run, k_data = jax.random.split(key, 3)
+        # The state's own buffers: the loop donates the state to each step, which must not
+        # delete the caller's support set or the algorithm's rates (reused for another run).
+        support, algorithm = _own_buffers((support, self.algorithm))
         return DistillState(
             support=support,
             opt_state=meta_optimizer(self.config).init(support),
             pool=self.pool.init(key=k_pool),
-            algorithm=self.algorithm,
+            algorithm=algorithm,
             key=jax.random.key_data(k_run),
             step=jnp.asarray(0, jnp.int32),
             ema=jax.tree_util.tree_map(jnp.zeros_like, support),
@@ -614,7 +620,7 @@ class Distiller:
             state.pool, index, seen_images, seen_labels, key=k_renew
         )
         tuned, lr_stats = state.algorithm, state.lr_stats
-        if config.lr_tuning == "released" and tuned.n_inner > 0:
+        if config.lr_tuning in ("released", "schedule") and tuned.n_inner > 0:
             stat = classify_trace(info.inner_loss_trace)
             lr_stats = lr_stats + jnp.stack([stat == -1, stat == 1, True]).astype(jnp.int32)
             inner_lr, lr_stats = released_schedule(tuned.inner_lr, lr_stats, state.step)
@@ -740,6 +746,13 @@ class Distiller:
         return InnerProblem(
             state.algorithm.network(model0), images, labels, l2_strength(state.support, self.config)
         )
+
+
+def _own_buffers(tree: Any) -> Any:
+    """``tree`` with each JAX array copied into a new buffer (other leaves as they are)."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, tree
+    )
 
 
 DATA_AXIS = "data"

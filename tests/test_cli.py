@@ -133,6 +133,16 @@ def test_distill_then_evaluate_json(tmp_path, capsys):
     exported = load_distilled(out / "distilled.npz")
     assert exported.images.shape == (10, 8, 8, 1) and exported.labels.shape == (10, 10)
     assert exported.config["steps"] == 4 and exported.config["method"] == "rcig"
+    # The pre-round's rates, recorded; replayed with --lr-tuning schedule, the same run.
+    start = metrics["learning_rates"]["start"]
+    assert start[0] > 1e-5 and start[1] > 5e-5
+    replay = ["distill", "--steps", "4", "--eval-models", "0", "--out", str(tmp_path / "replay"),
+              "--lr-tuning", "schedule", "--inner-lr", repr(start[0]),
+              "--hessian-lr", repr(start[1]), *TINY]  # fmt: skip
+    assert main(replay) == 0
+    again = load_distilled(tmp_path / "replay" / "distilled.npz")
+    np.testing.assert_array_equal(again.images, exported.images)
+    assert again.config["lr_tuning"] == "schedule" and again.config["inner_lr"] == start[0]
     capsys.readouterr()
     assert (
         main(
@@ -231,6 +241,19 @@ def test_random_baseline_and_ablation_table(tmp_path):
             ["distill", "--norm", "batch", "--n-subset", "4", "--steps", "1", "--no-progress"],
             "n_subset=4 < |S|=10",
         ),
+        (
+            [
+                "distill",
+                "--hessian-lr",
+                "2",
+                "--linear-solver",
+                "cg",
+                "--steps",
+                "1",
+                "--no-progress",
+            ],
+            "--hessian-lr 2.0 sets the default AdamQuadratic's learning rate; --linear-solver cg",
+        ),  # fmt: skip
     ],
 )
 def test_bad_input_gives_clear_error(argv, message, capsys):
@@ -244,6 +267,9 @@ def test_argparse_rejects_bad_numbers(capsys):
         main(["distill", "--ipc", "0"])
     assert exc.value.code == 2
     assert "expected a positive integer, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["distill", "--inner-lr=-1e-3"])
+    assert "--inner-lr: expected a positive number, got -0.001" in capsys.readouterr().err
 
 
 def _digits():

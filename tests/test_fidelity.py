@@ -3,6 +3,7 @@ written from that code's definitions: the kernel-ridge head and its meta-gradien
 the label margin, the EMA, the learning-rate pre-round and schedule, the pool's step counts,
 λ, the target batches, the evaluation's augmentation, Table 7's iteration counts."""
 
+import dataclasses
 import math
 
 import jax
@@ -22,6 +23,7 @@ from distillation._algorithms import (
 from distillation._distill import (
     DistillConfig,
     Distiller,
+    distill,
     distill_activation,
     ema_support,
     epoch_batch,
@@ -327,6 +329,41 @@ def test_the_preround_inner_probe_gives_the_full_probes_inner_class_and_the_same
         float(reference.inner_lr),
         float(reference.hessian_lr),
     )
+
+
+def test_the_schedule_alone_from_the_tuned_rates_replays_the_released_run():
+    """``lr_tuning="schedule"`` from a pre-round's rates (``rcig(inner_lr=, hessian_lr=)``, as
+    ``rcig distill --lr-tuning schedule --inner-lr --hessian-lr`` passes them) is the same run
+    without the pre-round: the pre-round changes nothing in the state but the rates. The schedule
+    keeps counting the solves (``lr_stats``), which fixed rates (``"none"``) do not."""
+    x = np.asarray(jax.random.normal(jax.random.key(0), (60, 8, 8, 1)), np.float32)
+    y = np.arange(60) % 3
+    config = DistillConfig(
+        steps=3, pool_size=2, target_batch=16, width=2, depth=1, pool_max_steps=1, log_every=1
+    )
+    released = distill(x, y, 3, rcig(n_inner=4, n_hessian=4), 1, config, key=jax.random.key(5),
+                       progress=False)  # fmt: skip
+    start = released.history[0]["inner_lr"], released.history[0]["hessian_lr"]
+    assert start[0] > 1e-5 and start[1] > 5e-5  # the pre-round raised both
+    given = rcig(n_inner=4, n_hessian=4, inner_lr=start[0], hessian_lr=start[1])
+    schedule = dataclasses.replace(config, lr_tuning="schedule")
+    replayed = distill(x, y, 3, given, 1, schedule, key=jax.random.key(5), progress=False)
+    assert [r["outer_loss"] for r in replayed.history] == [
+        r["outer_loss"] for r in released.history
+    ]
+    np.testing.assert_array_equal(replayed.support.images, released.support.images)
+
+    support = init_support(x, y, 3, 1, key=jax.random.key(1), center_labels=True)
+    x_dev, y_dev = jnp.asarray(x), jax.nn.one_hot(jnp.asarray(y), 3)
+    counted = {}  # `given` again, after a run: the run must not have donated its rates
+    for tuning in ("schedule", "none"):
+        c = dataclasses.replace(config, lr_tuning=tuning)
+        distiller = Distiller.build(given, c, image_shape=x.shape[1:], num_classes=3)
+        assert not distiller.has_preround
+        state = distiller.init(support, key=jax.random.key(2))
+        new_state, _ = distiller.step(state, distiller.next_batch(state, x_dev, y_dev))
+        counted[tuning] = int(new_state.lr_stats[2])
+    assert counted == {"schedule": 1, "none": 0}
 
 
 def _pool(max_steps, unroll, reset_every=100):

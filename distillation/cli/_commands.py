@@ -63,6 +63,17 @@ def _decay(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0.0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
 ARCHITECTURE_NAMES = ("convnet", "resnet18", "vgg11", "alexnet")
 NORM_NAMES = ("none", "instance", "batch")
 
@@ -396,10 +407,24 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
     )
     p.add_argument(
         "--lr-tuning",
-        choices=("released", "probe", "none"),
+        choices=("released", "schedule", "probe", "none"),
         default="released",
         help="inner/Hessian learning rates: the released code's pre-round and schedule "
-        "(default), the paper text's probe, or fixed",
+        "(default), its schedule alone from --inner-lr/--hessian-lr (a stored tuning replayed), "
+        "the paper text's probe, or fixed",
+    )
+    p.add_argument(
+        "--inner-lr",
+        type=_positive_float,
+        default=None,
+        help="the inner solve's starting learning rate (default 1e-5, which the pre-round raises)",
+    )
+    p.add_argument(
+        "--hessian-lr",
+        type=_positive_float,
+        default=None,
+        help="the H⁻¹g solve's starting learning rate (default 5e-5, which the pre-round raises; "
+        "only with --linear-solver adam)",
     )
     p.add_argument(
         "--adabelief",
@@ -534,6 +559,8 @@ class RunSettings:
     norm: str = "none"
     adabelief: str = "released"
     pool_drift: str = "released"
+    inner_lr: float | None = None
+    hessian_lr: float | None = None
 
     def record(self) -> dict[str, Any]:
         """The settings as a JSON-serialisable dict (``image_size``, ``zca_block``,
@@ -541,7 +568,14 @@ class RunSettings:
         resume; ``adabelief`` and ``pool_drift`` always: each changed the default method, so a
         run folder from before it does not resume under the other one)."""
         record = dataclasses.asdict(self)
-        for optional in ("image_size", "zca_block", "mixed_precision", "norm"):
+        for optional in (
+            "image_size",
+            "zca_block",
+            "mixed_precision",
+            "norm",
+            "inner_lr",
+            "hessian_lr",
+        ):
             if record[optional] in (None, False, "none"):
                 del record[optional]
         return record
@@ -565,6 +599,15 @@ class RunSettings:
         settings: dict[str, Any] = {"precision": "float64" if self.float64_solve else "float32"}
         if self.n_inner is not None:
             settings["n_inner"] = self.n_inner
+        if self.inner_lr is not None:
+            settings["inner_lr"] = self.inner_lr
+        if self.hessian_lr is not None:
+            if solver is not None:
+                raise ValueError(
+                    f"--hessian-lr {self.hessian_lr} sets the default AdamQuadratic's learning "
+                    f"rate; --linear-solver {self.linear_solver} has none (use adam)."
+                )
+            settings["hessian_lr"] = self.hessian_lr
         if solver is not None:
             settings["linear_solver"] = solver
         elif self.n_hessian is not None:
@@ -638,6 +681,8 @@ def _resolve(args, dataset, method: str, seed: int) -> RunSettings:
         norm=getattr(args, "norm", "none"),
         adabelief=getattr(args, "adabelief", "released"),
         pool_drift=getattr(args, "pool_drift", "released"),
+        inner_lr=getattr(args, "inner_lr", None),
+        hessian_lr=getattr(args, "hessian_lr", None),
     )
 
 
@@ -752,6 +797,12 @@ def _distill_export_evaluate(args, dataset, s: RunSettings, out, resume, eval_mo
         # Between the first and the last logged step: compilation and the pre-round excluded.
         "seconds_per_step_steady": _steady_seconds_per_step(history),
     }
+    if history and "inner_lr" in history[0]:
+        # "start": after the pre-round (replay it with --lr-tuning schedule --inner-lr/--hessian-lr)
+        metrics["learning_rates"] = {
+            "start": [history[0]["inner_lr"], history[0].get("hessian_lr")],
+            "end": list(result.learning_rates),
+        }
     if eval_models > 0:
         interrupts.set_phase("evaluating")
         print(f"evaluating with {eval_models} fresh ConvNets (width {s.width}) ...", flush=True)
