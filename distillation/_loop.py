@@ -70,7 +70,10 @@ def run(
 
     Args:
         distiller: the step (:class:`~distillation.Distiller`).
-        state: where to start (``state.step`` iterations already done).
+        state: where to start (``state.step`` iterations already done). Consumed: each step
+            donates its input state's buffers, so keep the returned state, not this one
+            (:meth:`~distillation.Distiller.init` gives the state buffers of its own, so the
+            support set and the algorithm it was made from stay usable).
         data: the training images and their one-hot labels, on the device; or images kept on
             the host (:class:`~distillation.data._datasets.HostImages`) and integer labels,
             read a target batch at a time.
