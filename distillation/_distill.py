@@ -696,8 +696,10 @@ class Distiller:
         of the solves of one meta-step with ``algorithm``'s rates, on a fresh model (the same
         for every call, as ``run_rcig(lr_tune=True)`` builds its one-model pool from the run's
         key) and a target batch that changes with ``call``. ``hessian=False`` (static) skips
-        the Hessian-inverse solve and its target batch (that class is then 0): the inner
-        class is the same, for a fraction of the work."""
+        the Hessian-inverse solve and its target batch (that class is then 0): the same inner
+        class for a fraction of the work, but not used by default: with the inner loop
+        unrolled, XLA on CPU (jax 0.10.2) miscompiles that program at width >= 16
+        (docs/fidelity.md); compile it with ``rcig(unroll=False)`` there."""
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), 0x9E7)
         k_model, k_batch = jax.random.split(key)
         model0 = self.pool.make_model(k_model)
@@ -733,11 +735,10 @@ class Distiller:
             )
             return int(inner), int(hessian_class)
 
-        # The full probe in both loops. An inner-only probe (``hessian=False``) computes the same
-        # inner trace in a differently compiled program; on MNIST at width 32 it classified the
-        # near-flat trace at an inner rate of 1.2e-5 otherwise and stopped the loop there
-        # (8.4e-6 against 9.6e-4; benchmarks/preround_cost.py, docs/fidelity.md), so it is
-        # not used until that is understood.
+        # The full probe in both loops. The inner-only probe (``hessian=False``) is the same
+        # inner trace in another program, which XLA's CPU algebraic simplifier (jax 0.10.2)
+        # miscompiles when the inner loop is unrolled, at width >= 16 on 28x28 images: its
+        # trace comes out NaN/inf and flat (benchmarks/preround_trace.py, docs/fidelity.md).
         tuned, _ = released_preround(probe, state.algorithm)
         return eqx.tree_at(lambda s: s.algorithm, state, tuned)
 
