@@ -4,9 +4,10 @@ XLA's CPU algebraic simplifier (jax/jaxlib 0.10.2) miscompiles one program built
 unrolled inner solve: the pre-round's inner-only probe (``preround_probe(hessian=False)``) on
 28×28 images at width ≥ 16 returns garbage for its loss trace (NaN, ±inf or 1e33 first values,
 then no progress), where the rolled loop, or XLA with the simplifier off, gives the right
-trace (``benchmarks/preround_trace.py``, ``docs/fidelity.md``). Unrolling stays the default for its speed (``inner_solver``), so these
-check the programs a run does use, at that size, against rolled loops, which compile to
-different code: a miscompile of that kind would not agree.
+trace (``benchmarks/preround_trace.py``, ``docs/fidelity.md``). Unrolling stays the default
+for its speed (``inner_solver``), so these check the programs a run does use, at that size,
+against rolled loops, which compile to different code: a miscompile of that kind would not
+agree.
 """
 
 import jax
