@@ -53,6 +53,9 @@ them), beside the official run copied from ``side_by_side_w128.json``::
         --rates 1.0784915102210452e-4,8.479939925435627 \
         --out benchmarks/results/side_by_side_w128_their_rates.json
 
+``--who official`` evaluates an official run alone (``--who ours``: ours alone); runs already in
+the results file are never redone, so the two can be made in different sessions.
+
 Run (the official runs first, see ../shared/tools/official_rcig/README.md)::
 
     python benchmarks/side_by_side.py accuracy --seeds 0,1,2 --width 32 --steps 500
@@ -147,7 +150,7 @@ def accuracy(args) -> None:
                 r["tuning_seconds"] = args.tuning_seconds
         out_path.write_text(json.dumps(results, indent=1))
     for seed in args.seeds:
-        if ("ours", seed, args.width, args.steps) not in done:
+        if args.who != "official" and ("ours", seed, args.width, args.steps) not in done:
             # --rates: no pre-round; the released schedule from the given rates
             config = DistillConfig(
                 steps=args.steps,
@@ -204,7 +207,7 @@ def accuracy(args) -> None:
             )
             out_path.write_text(json.dumps(results, indent=1))
         outdir = Path((args.official or official).format(width=args.width, seed=seed))
-        if ("official", seed, args.width, args.steps) in done:
+        if args.who == "ours" or ("official", seed, args.width, args.steps) in done:
             continue
         if not (outdir / "runner_info.json").exists() or not (outdir / "ckpt").is_dir():
             print(f"[official] seed {seed}: no finished run in {outdir}; skipped", flush=True)
@@ -420,6 +423,13 @@ def main() -> None:
         "is the current formula, so the two codes' optimizers stay the same; fidelity.md row 31)",
     )
     a.add_argument("--official", default=None, help="default: by --dataset, see DATASETS")
+    a.add_argument(
+        "--who",
+        choices=("both", "ours", "official"),
+        default="both",
+        help="distil and evaluate ours, evaluate an official run, or both (default); runs already "
+        "in the results file are kept and not redone",
+    )
     a.add_argument(
         "--out",
         type=Path,
