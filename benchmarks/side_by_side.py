@@ -65,6 +65,7 @@ Run (the official runs first, see ../shared/tools/official_rcig/README.md)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -73,8 +74,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
+_STARTING_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import distillation  # noqa: E402, F401  (sets its XLA:CPU flag before anything runs on JAX)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -340,9 +345,12 @@ def _ours_siter(width: int, iters: int) -> float:
     return float(np.mean(np.diff(t)[1:]))  # deltas from the third iteration on, as siter.py
 
 
-def _official_siter(width: int, iters: int) -> float:
+def _official_siter(width: int, iters: int, xla_flags: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, RCIG_LRS="0.0014,17.6,0")
+        # importing distillation added its convolution flag to this process's XLA_FLAGS
+        # (distillation/_xla_cpu.py); the released code runs with the XLA_FLAGS this process
+        # started with (--official-flags default) or with ours (--official-flags ours)
+        env = dict(os.environ, RCIG_LRS="0.0014,17.6,0", XLA_FLAGS=xla_flags)
         subprocess.run(
             [str(HARNESS / "run.sh"), str(width), "1", str(iters), tmp, "0"],
             env=env,
@@ -355,8 +363,12 @@ def _official_siter(width: int, iters: int) -> float:
 
 def timing(args) -> None:
     rows = []
+    theirs_flags = (
+        _STARTING_XLA_FLAGS if args.official_flags == "default" else os.environ["XLA_FLAGS"]
+    )
+    official = functools.partial(_official_siter, xla_flags=theirs_flags or "")
     for r in range(args.rounds):
-        for who, fn in (("official", _official_siter), ("ours", _ours_siter)):
+        for who, fn in (("official", official), ("ours", _ours_siter)):
             start = time.perf_counter()
             s = fn(args.width, args.iters)
             rows.append(
@@ -374,6 +386,7 @@ def timing(args) -> None:
     summary = {
         "width": args.width,
         "iters": args.iters,
+        "xla_flags": {"ours": os.environ.get("XLA_FLAGS"), "official": theirs_flags},
         "rows": rows,
         "ours_s_per_iter": ours,
         "official_s_per_iter": theirs,
@@ -454,6 +467,13 @@ def main() -> None:
     t.add_argument("--width", type=int, default=32)
     t.add_argument("--iters", type=int, default=40)
     t.add_argument("--rounds", type=int, default=2)
+    t.add_argument(
+        "--official-flags",
+        choices=("default", "ours"),
+        default="default",
+        help="the released code's XLA_FLAGS: this process's at its start (default), or the "
+        "ones importing distillation sets (XLA:CPU's own convolutions, distillation/_xla_cpu.py)",
+    )
     c = sub.add_parser("cifar10-arrays")
     c.add_argument("out", type=Path)
     args = parser.parse_args()

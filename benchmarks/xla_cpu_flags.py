@@ -31,7 +31,7 @@ FLAGS = [
 ]
 
 
-def one(iters: int, width: int) -> dict:
+def one(iters: int, width: int, mixed_precision: bool = False) -> dict:
     import jax
     import numpy as np
 
@@ -41,7 +41,14 @@ def one(iters: int, width: int) -> dict:
 
     dataset = load_dataset(str(MNIST))
     start = time.perf_counter()
-    config = DistillConfig(steps=iters, width=width, flip=False, lr_tuning="none", log_every=1)
+    config = DistillConfig(
+        steps=iters,
+        width=width,
+        flip=False,
+        lr_tuning="none",
+        log_every=1,
+        mixed_precision=mixed_precision,
+    )
     result = distill(
         dataset.x_train,
         dataset.y_train,
@@ -56,6 +63,7 @@ def one(iters: int, width: int) -> dict:
     last = result.history[-1]
     return {
         "flags": os.environ.get("XLA_FLAGS", ""),
+        "mixed_precision": mixed_precision,
         "s_per_iter": float(np.mean(np.diff(t)[1:])),
         "wall": time.perf_counter() - start,
         "losses_last": {k: last[k] for k in last if k.endswith("loss")},
@@ -68,12 +76,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=15)
     parser.add_argument("--width", type=int, default=32)
+    parser.add_argument(
+        "--flags",
+        action="append",
+        default=None,
+        help="an XLA_FLAGS value to run, in turn with the other --flags=... given ('' for the "
+        "default; write --flags=--xla_...); default: the list FLAGS",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(one(args.iters, args.width)), flush=True)
         return
-    for flags in FLAGS:
+    for flags in FLAGS if args.flags is None else args.flags:
         env = dict(os.environ, XLA_FLAGS=flags)
         cmd = [sys.executable, __file__, "--child", "--iters", str(args.iters)]
         cmd += ["--width", str(args.width)]
