@@ -18,7 +18,11 @@ seconds + the time stamp of each checkpoint); evaluate every set with the same p
 pool 30, no flip, fixed learning rates), ours and theirs alternated ``--rounds`` times in one run
 (theirs with ``RCIG_LRS`` so that it skips its tuning; the cost of an iteration does not depend on
 the rates), each the mean of the steady-state iteration times (from the third on, as the
-harness's ``siter.py``). Output: ``benchmarks/results/side_by_side_timing.json``.
+harness's ``siter.py``). Output: ``benchmarks/results/side_by_side_timing.json``. Ours runs with
+the ``XLA_FLAGS`` importing ``distillation`` sets (XLA:CPU's own convolutions,
+``distillation/_xla_cpu.py``), theirs with this process's at its start (``--official-flags ours``:
+with ours too). ``--dataset cifar10``: the same on CIFAR-10 (flip on) with the scratch harness
+below (``--harness``, ``--cifar10-npz``).
 
 ``--dataset cifar10``: the same on CIFAR-10 (``../shared/data/cifar10``, flip on as their
 ``depth_3.txt``; output ``side_by_side_cifar10.json`` and ``side_by_side_cifar10.png``). The shared
@@ -318,16 +322,17 @@ def _report(results: dict, width: int, steps: int, dataset: str, figure: Path) -
     print("\n".join(lines))
 
 
-def _ours_siter(width: int, iters: int) -> float:
+def _ours_siter(width: int, iters: int, dataset_name: str = "mnist") -> float:
     from distillation._algorithms import rcig
     from distillation._distill import DistillConfig, distill
     from distillation.data._datasets import load_dataset
 
-    dataset = load_dataset(str(MNIST))
+    folder, flip, _ = DATASETS[dataset_name]
+    dataset = load_dataset(str(folder))
     config = DistillConfig(
         steps=iters,
         width=width,
-        flip=False,
+        flip=flip,
         lr_tuning="none",
         log_every=1,
     )
@@ -345,14 +350,16 @@ def _ours_siter(width: int, iters: int) -> float:
     return float(np.mean(np.diff(t)[1:]))  # deltas from the third iteration on, as siter.py
 
 
-def _official_siter(width: int, iters: int, xla_flags: str) -> float:
+def _official_siter(
+    width: int, iters: int, xla_flags: str, extra_env: dict, harness: Path
+) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         # importing distillation added its convolution flag to this process's XLA_FLAGS
         # (distillation/_xla_cpu.py); the released code runs with the XLA_FLAGS this process
         # started with (--official-flags default) or with ours (--official-flags ours)
-        env = dict(os.environ, RCIG_LRS="0.0014,17.6,0", XLA_FLAGS=xla_flags)
+        env = dict(os.environ, RCIG_LRS="0.0014,17.6,0", XLA_FLAGS=xla_flags, **extra_env)
         subprocess.run(
-            [str(HARNESS / "run.sh"), str(width), "1", str(iters), tmp, "0"],
+            [str(harness / "run.sh"), str(width), "1", str(iters), tmp, "0"],
             env=env,
             check=True,
             stdout=subprocess.DEVNULL,
@@ -366,9 +373,22 @@ def timing(args) -> None:
     theirs_flags = (
         _STARTING_XLA_FLAGS if args.official_flags == "default" else os.environ["XLA_FLAGS"]
     )
-    official = functools.partial(_official_siter, xla_flags=theirs_flags or "")
+    extra_env, harness = {}, HARNESS
+    if args.dataset == "cifar10":
+        # the scratch copy of the harness extended to CIFAR-10 (module docstring), flip on as
+        # depth_3.txt; the cost of an iteration does not depend on the rates
+        extra_env = {
+            "DATASET": "cifar10",
+            "CONFIG": "depth_3.txt",
+            "RCIG_CIFAR10_NPZ": str(args.cifar10_npz),
+        }
+        harness = args.harness
+    official = functools.partial(
+        _official_siter, xla_flags=theirs_flags or "", extra_env=extra_env, harness=harness
+    )
+    ours_fn = functools.partial(_ours_siter, dataset_name=args.dataset)
     for r in range(args.rounds):
-        for who, fn in (("official", official), ("ours", _ours_siter)):
+        for who, fn in (("official", official), ("ours", ours_fn)):
             start = time.perf_counter()
             s = fn(args.width, args.iters)
             rows.append(
@@ -384,6 +404,7 @@ def timing(args) -> None:
     ours = np.mean([x["s_per_iter"] for x in rows if x["who"] == "ours"])
     theirs = np.mean([x["s_per_iter"] for x in rows if x["who"] == "official"])
     summary = {
+        "dataset": args.dataset,
         "width": args.width,
         "iters": args.iters,
         "xla_flags": {"ours": os.environ.get("XLA_FLAGS"), "official": theirs_flags},
@@ -467,6 +488,14 @@ def main() -> None:
     t.add_argument("--width", type=int, default=32)
     t.add_argument("--iters", type=int, default=40)
     t.add_argument("--rounds", type=int, default=2)
+    t.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    t.add_argument(
+        "--harness",
+        type=Path,
+        default=Path("/tmp/c10h/harness"),
+        help="--dataset cifar10: the scratch harness patched with official_rcig_cifar10.patch",
+    )
+    t.add_argument("--cifar10-npz", type=Path, default=Path("/tmp/c10h/cifar10_u8.npz"))
     t.add_argument(
         "--official-flags",
         choices=("default", "ours"),
