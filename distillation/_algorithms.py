@@ -223,10 +223,13 @@ def _as_rate(value: Array | float) -> Array:
 def _inner_transform(
     optimizer, head: AbstractHead, rate: InnerRate
 ) -> optax.GradientTransformation:
-    """``optimizer(rate)``, with the updates of the leaves ``head.frozen`` marks set to zero,
-    and its step counters (if it has any) starting at ``rate.step_count``."""
+    """``optimizer(rate)`` on all leaves but those ``head.frozen`` marks, whose updates are 0,
+    or their raw gradients when ``head.frozen_passthrough`` (the released code's
+    ``optax.masked``); its step counters (if it has any) start at ``rate.step_count``."""
     opt = optimizer(rate.rate)
-    if not isinstance(head, (JointHead, ClosedFormHead)):  # those freeze nothing
+    if head.frozen_passthrough:
+        opt = optax.masked(opt, lambda p: jax.tree_util.tree_map(lambda f: not f, head.frozen(p)))
+    elif not isinstance(head, (JointHead, ClosedFormHead)):  # those freeze nothing
         opt = optax.chain(opt, optax.masked(optax.set_to_zero(), lambda p: head.frozen(p)))
 
     def init(params):

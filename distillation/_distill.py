@@ -29,7 +29,7 @@ import optax
 from jaxtyping import Array
 
 from bilevel import optax_step
-from distillation._algorithms import Algorithm, SupportSet, clip_to_direct, meta_loss
+from distillation._algorithms import Algorithm, MetaInfo, SupportSet, clip_to_direct, meta_loss
 from distillation._checkpoint import (
     RunFailed,
     has_checkpoint,
@@ -49,7 +49,7 @@ from distillation._loop import (
     Snapshots,
     run,
 )
-from distillation._models import Activation, Norm, conv_net, default_depth
+from distillation._models import Activation, ConvNet, Norm, conv_net, default_depth
 from distillation._networks import Partitioned
 from distillation._objectives import InnerProblem
 from distillation._pool import ModelPool, PoolState
@@ -576,45 +576,17 @@ class Distiller:
             x_t = jax.lax.with_sharding_constraint(x_t, sharding)
             y_t = jax.lax.with_sharding_constraint(y_t, sharding)
 
-        l2 = l2_strength(state.support, config)
-        sub_index, rest_index = _subsample(state.support, config.n_subset, k_subset)
-        const = (
-            None if rest_index is None else inner_support(_take(state.support, rest_index), config)
+        loss, info, direct, implicit = self.meta_gradient(
+            state, algorithm, model0, x_t, y_t, k_subset
         )
-
-        def loss_fn(direct: SupportSet, implicit: SupportSet):
-            # The same values twice: the gradient with respect to each is one part of the
-            # meta-gradient (meta_loss's `inner`), so the implicit part can be clipped.
-            return meta_loss(
-                inner_support(direct, config),
-                algorithm,
-                model0,
-                x_t,
-                y_t,
-                l2,
-                constant=const,
-                inner=inner_support(implicit, config),
-            )
-
-        diff_part = state.support if sub_index is None else _take(state.support, sub_index)
-        (loss, info), (direct, implicit) = jax.value_and_grad(
-            loss_fn, argnums=(0, 1), has_aux=True
-        )(diff_part, diff_part)
-        if algorithm.clip_implicit:
-            implicit = clip_to_direct(implicit, direct)
         grads = jax.tree_util.tree_map(jnp.add, direct, implicit)
-        if sub_index is not None:
-            grads = SupportSet(
-                jnp.zeros_like(state.support.images).at[sub_index].set(grads.images),
-                jnp.zeros_like(state.support.labels).at[sub_index].set(grads.labels),
-                grads.log_temperature,
-            )
         support, opt_state = optax_step(
             meta_optimizer(config), grads, state.opt_state, state.support
         )
         d = config.ema_decay
         ema = jax.tree_util.tree_map(lambda h, p: d * h + (1.0 - d) * p, state.ema, support)
 
+        sub_index, rest_index = _subsample(state.support, config.n_subset, k_subset)
         seen_images, seen_labels = _seen_by_pool(support, sub_index, rest_index, config)
         pool_state, pool_loss = pool.train_step(
             state.pool, index, seen_images, seen_labels, key=k_renew
@@ -651,6 +623,52 @@ class Distiller:
             "implicit_norm": _norm(implicit),
         }
         return new_state, metrics
+
+    def meta_gradient(
+        self,
+        state: DistillState,
+        algorithm: Algorithm,
+        model0: ConvNet,
+        x_t: Array,
+        y_t: Array,
+        key: Array,
+    ) -> tuple[Array, MetaInfo, SupportSet, SupportSet]:
+        """The meta-gradient of one iteration, in its two parts: ``(outer loss, info, direct,
+        implicit)``, both parts shaped like ``state.support`` (zero outside the subsample
+        ``key`` draws when ``config.n_subset`` < |S|); the implicit part is clipped to the
+        direct one's norm, leaf by leaf, when the algorithm clips (the released code).
+        ``model0`` is the pool model where it is taken (:meth:`step` passes the selected one,
+        moved as ``config.pool_drift`` says), ``algorithm`` carries the learning rates."""
+        config = self.config
+        l2 = l2_strength(state.support, config)
+        sub_index, rest_index = _subsample(state.support, config.n_subset, key)
+        const = (
+            None if rest_index is None else inner_support(_take(state.support, rest_index), config)
+        )
+
+        def loss_fn(direct: SupportSet, implicit: SupportSet):
+            # The same values twice: the gradient with respect to each is one part of the
+            # meta-gradient (meta_loss's `inner`), so the implicit part can be clipped.
+            return meta_loss(
+                inner_support(direct, config),
+                algorithm,
+                model0,
+                x_t,
+                y_t,
+                l2,
+                constant=const,
+                inner=inner_support(implicit, config),
+            )
+
+        diff_part = state.support if sub_index is None else _take(state.support, sub_index)
+        (loss, info), (direct, implicit) = jax.value_and_grad(
+            loss_fn, argnums=(0, 1), has_aux=True
+        )(diff_part, diff_part)
+        if algorithm.clip_implicit:
+            implicit = clip_to_direct(implicit, direct)
+        if sub_index is not None:
+            direct, implicit = (_scatter(g, sub_index, state.support) for g in (direct, implicit))
+        return loss, info, direct, implicit
 
     def _base_model(self, state: DistillState, index: Array):
         """Pool model ``index`` where the meta-gradient is taken (``config.pool_drift``)."""
@@ -850,6 +868,15 @@ def _subsample(support: SupportSet, n_subset: int | None, key: Array):
         return None, None
     perm = jax.random.permutation(key, n)
     return perm[:n_subset], perm[n_subset:]
+
+
+def _scatter(grads: SupportSet, index: Array, like: SupportSet) -> SupportSet:
+    """Per-image gradients of a subsample placed into zeros shaped like the whole set."""
+    return SupportSet(
+        jnp.zeros_like(like.images).at[index].set(grads.images),
+        jnp.zeros_like(like.labels).at[index].set(grads.labels),
+        grads.log_temperature,
+    )
 
 
 def _seen_by_pool(support: SupportSet, sub_index, rest_index, config: DistillConfig):

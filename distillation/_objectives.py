@@ -73,9 +73,17 @@ class AbstractHead(eqx.Module):
         """Outputs on ``x_t`` of the inner solution ``delta`` (and the support set)."""
 
     def frozen(self, delta):
-        """A pytree of bools like ``delta``: the leaves the inner optimizer must not move
-        (``None``: it moves all of them)."""
+        """A pytree of bools like ``delta``: the leaves the inner optimizer does not step
+        (``None``: it steps all of them). What their updates are instead:
+        :attr:`frozen_passthrough`."""
         return None
+
+    @property
+    def frozen_passthrough(self) -> bool:
+        """``False``: the :meth:`frozen` leaves are held (their updates are 0). ``True``: their
+        updates are their raw gradients, added to them (``optax.masked``'s pass-through of the
+        leaves a mask excludes, which is what the released code's inner optimizer does)."""
+        return False
 
 
 def ridge_dual(
@@ -164,18 +172,37 @@ class KRRHead(AbstractHead):
     ``g(x) = f(Δ, x) − f(0, x)`` and the pool model's features ``φ₀``:
     ``α = (φ₀ₛφ₀ₛᵀ + λI)⁻¹ (y_s − g_s)``, inner loss ``(½λ rᵀα + ½λ‖Δ‖²) / (N·K)`` (equal to
     the released code's ``½‖y − g − Kα‖² + ½λ(tr αᵀKα + ‖Δ‖²)`` over ``N·K``), prediction
-    ``g(x_t) + φ₀(x_t) φ₀ₛᵀ α``. The inner optimizer trains the body and the head's bias and
-    holds the head's weight at 0 (:meth:`frozen`), while the Hessian and the implicit gradient
+    ``g(x_t) + φ₀(x_t) φ₀ₛᵀ α``. The inner optimizer's Adam trains the body and the head's
+    bias, not the head's weight (:meth:`frozen`), while the Hessian and the implicit gradient
     are taken over all of ``Δ``, as the released code's are.
+
+    The released code excludes the head's weight from its inner Adam with ``optax.masked``,
+    which passes the excluded leaves' **gradients through as their updates**: at every inner
+    step the head's weight displacement has its raw gradient *added* (a step of size 1 up the
+    gradient of the loss over ``N·K``; small, as that gradient is ``O(λ/(N·K))``, but it moves
+    the inner trace by ~1e-3 relative over 20 steps, ``benchmarks/step_vs_official.py``).
+    ``frozen_weight="released"`` (default) does the same; ``"held"`` keeps it at 0 (what the
+    mask was evidently meant to do, and this project's behaviour before 2026-12-04).
 
     Args:
         precision: of the ``|S|×|S|`` solve, as :class:`ClosedFormHead`.
+        frozen_weight: ``"released"`` or ``"held"``, as above.
     """
 
     precision: Precision = eqx.field(default="float32", static=True)
+    frozen_weight: Literal["released", "held"] = eqx.field(default="released", static=True)
 
     def __check_init__(self):
         ClosedFormHead(self.precision)  # the same checks
+        if self.frozen_weight not in ("released", "held"):
+            raise ValueError(
+                "KRRHead: `frozen_weight` must be 'released' or 'held', got "
+                f"{self.frozen_weight!r}."
+            )
+
+    @property
+    def frozen_passthrough(self) -> bool:
+        return self.frozen_weight == "released"
 
     def init(self, net):
         return zeros_like_tree(net.model0)

@@ -450,6 +450,14 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
         "are (none)",
     )
     p.add_argument(
+        "--frozen-weight",
+        choices=("released", "held"),
+        default="released",
+        help="rig/rcig: the final layer's weight displacement, which the inner Adam does not "
+        "train, gets its raw gradient added at each inner step as in the released code "
+        "(optax.masked's pass-through; default), or is held at 0",
+    )
+    p.add_argument(
         "--ema",
         type=_decay,
         default=0.99,
@@ -559,14 +567,15 @@ class RunSettings:
     norm: str = "none"
     adabelief: str = "released"
     pool_drift: str = "released"
+    frozen_weight: str = "released"
     inner_lr: float | None = None
     hessian_lr: float | None = None
 
     def record(self) -> dict[str, Any]:
         """The settings as a JSON-serialisable dict (``image_size``, ``zca_block``,
         ``mixed_precision`` and ``norm`` only when set, so that runs from before these options
-        resume; ``adabelief`` and ``pool_drift`` always: each changed the default method, so a
-        run folder from before it does not resume under the other one)."""
+        resume; ``adabelief``, ``pool_drift`` and ``frozen_weight`` always: each changed the
+        default method, so a run folder from before it does not resume under the other one)."""
         record = dataclasses.asdict(self)
         for optional in (
             "image_size",
@@ -612,6 +621,18 @@ class RunSettings:
             settings["linear_solver"] = solver
         elif self.n_hessian is not None:
             settings["n_hessian"] = self.n_hessian
+        if self.frozen_weight != "released":
+            from distillation._objectives import KRRHead
+
+            if self.method not in ("rig", "rcig"):
+                raise ValueError(
+                    f"--frozen-weight {self.frozen_weight}: only rig and rcig have the "
+                    f"kernel-ridge head whose weight it sets; {self.method} has none."
+                )
+            settings["head"] = KRRHead(
+                settings["precision"],
+                frozen_weight=self.frozen_weight,  # type: ignore[arg-type]
+            )
         return ALGORITHMS[self.method](**settings)
 
     def distill_config(self, checkpoint_every: int):
@@ -681,6 +702,7 @@ def _resolve(args, dataset, method: str, seed: int) -> RunSettings:
         norm=getattr(args, "norm", "none"),
         adabelief=getattr(args, "adabelief", "released"),
         pool_drift=getattr(args, "pool_drift", "released"),
+        frozen_weight=getattr(args, "frozen_weight", "released"),
         inner_lr=getattr(args, "inner_lr", None),
         hessian_lr=getattr(args, "hessian_lr", None),
     )
