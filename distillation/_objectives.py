@@ -10,8 +10,9 @@
 * :class:`KRRHead`: the released code's form of the same idea (``get_krr_loss_gd`` in the
   authors' ``algorithms.py``), RCIG's default. The inner variable is the full displacement
   ``Δ``; the output's change ``g = f(Δ, x) − f(0, x)`` includes the head's bias (trained by the
-  inner optimizer, not in closed form) and head weight (held at 0 by the inner optimizer, but
-  part of the Hessian and of the implicit gradient, as in the released code); the kernel is
+  inner optimizer, not in closed form) and head weight (not trained by the inner Adam, but, as
+  in the released code, given its raw gradient at each step by ``optax.masked``'s pass-through,
+  and part of the Hessian and of the implicit gradient); the kernel is
   ``φ₀φ₀ᵀ`` of the pool model's features, without the ``+1``; the loss is divided by ``N·K``.
 * Outer losses: :func:`platt_cross_entropy` (Eq. 6, learnable temperature) and
   :func:`mean_squared_error` (the FRePo-like baseline).
