@@ -116,6 +116,13 @@ class OptaxMinimizer(AbstractMinimizer):
             array), so it can be traced, tuned by replacing the leaf (``eqx.tree_at``), and
             changed between calls without recompiling; or a pytree of such leaves for a factory
             that takes more than a rate (e.g. ``(rate, step_count)``).
+        step_args: an objective that changes along the solve: a callable pytree (an
+            ``eqx.Module``) ``step_args(k, *args) -> args`` giving the arguments of step ``k``'s
+            loss and gradient (``k`` from 0, traced); the final loss, gradient norm and the
+            implicit adjoint's optimality condition use ``args`` as given. For solvers that
+            replay another program's iterations (the released RCIG code moves its
+            linearisation point during the inner solve). ``None``: ``args`` at every step. Not
+            with ``tol``.
 
     Example:
         >>> import jax.numpy as jnp, optax
@@ -130,6 +137,7 @@ class OptaxMinimizer(AbstractMinimizer):
     tol: float | None = eqx.field(default=None, static=True)
     unroll: int | bool = eqx.field(default=1, static=True)
     learning_rate: Any = None
+    step_args: Any = None
 
     def __check_init__(self):
         if self.learning_rate is None:
@@ -149,6 +157,12 @@ class OptaxMinimizer(AbstractMinimizer):
             )
         _check_positive_int("steps", self.steps, "OptaxMinimizer", allow_zero=True)
         _check_tol(self.tol, "OptaxMinimizer")
+        if self.step_args is not None and (self.tol is not None or not callable(self.step_args)):
+            raise ValueError(
+                "OptaxMinimizer: `step_args` must be a callable (k, *args) -> args, and cannot be "
+                f"combined with `tol` (got step_args={type(self.step_args).__name__}, "
+                f"tol={self.tol!r})."
+            )
 
     def transformation(self) -> optax.GradientTransformation:
         """The optax optimizer (built from the learning-rate leaf if there is one)."""
@@ -166,13 +180,14 @@ class OptaxMinimizer(AbstractMinimizer):
         opt_state = optimizer.init(init_params)
         if self.tol is None:
 
-            def body(carry, _):
+            def body(carry, k):
                 params, opt_state = carry
-                loss, grads = value_and_grad(params, *args)
+                step_args = args if self.step_args is None else self.step_args(k, *args)
+                loss, grads = value_and_grad(params, *step_args)
                 return update(params, opt_state, grads), loss
 
             (params, _), trace = jax.lax.scan(
-                body, (init_params, opt_state), None, length=self.steps, unroll=self.unroll
+                body, (init_params, opt_state), jnp.arange(self.steps), unroll=self.unroll
             )
             steps = jnp.asarray(self.steps)
         else:

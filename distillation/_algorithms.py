@@ -188,6 +188,19 @@ class Algorithm(eqx.Module):
             lambda a: a.inner_solver.learning_rate.step_count, self, jnp.asarray(count, jnp.int32)
         )
 
+    def with_linearisation_path(self, models: ConvNet) -> Algorithm:
+        """The same algorithm with the inner solver's step ``k`` taking its loss and gradient at
+        the pool model ``models[k]`` (stacked, leading axis ``n_inner``) instead of the
+        problem's own: the released code's inner solve, during which the pool model's weights
+        move one step of its Adam per inner step (``ModelPool.drift_path``). The solution's
+        optimality condition, and so the implicit gradient, stays at the problem's model."""
+        return eqx.tree_at(
+            lambda a: a.inner_solver.step_args,
+            self,
+            LinearisationPath(jax.lax.stop_gradient(models)),
+            is_leaf=lambda x: x is None,
+        )
+
     def solve_inner(self, problem: InnerProblem) -> bilevel.Solution:
         """The inner solution, differentiable in the problem's support set through
         :attr:`hypergradient`.
@@ -202,6 +215,17 @@ class Algorithm(eqx.Module):
             adjoint=self.hypergradient,
             throw=False,
         )
+
+
+class LinearisationPath(eqx.Module):
+    """``OptaxMinimizer.step_args`` for :meth:`Algorithm.with_linearisation_path`: step ``k``'s
+    inner problem is the problem with its network's pool model replaced by ``models[k]``."""
+
+    models: ConvNet
+
+    def __call__(self, k: Array, problem: InnerProblem) -> tuple[InnerProblem]:
+        model = jax.tree_util.tree_map(lambda a: a[k], self.models)
+        return (eqx.tree_at(lambda p: p.network.model0, problem, model),)
 
 
 def _like(value: Array | float, leaf: Any) -> Array:

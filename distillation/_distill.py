@@ -65,6 +65,7 @@ from distillation.evaluation._augment import with_mirrors
 
 LrTuning = Literal["released", "schedule", "probe", "none"]
 AdaBelief = Literal["released", "current"]
+DriftOrder = Literal["stepwise", "before"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +122,13 @@ class DistillConfig:
             (:meth:`ModelPool.drifted`), as the released code, whose inner solve continues the
             pool model's optimizer state with non-zero moments for those weights; the pool
             keeps training from the unmoved weights. ``False``: the selected weights as they
-            are (the paper's Algorithm 1). The released code moves them during its inner
-            solve, step by step; here they are moved once, before it.
+            are (the paper's Algorithm 1).
+        drift_order: ``"stepwise"``: the inner solve's step ``k`` linearises at the weights
+            moved ``k`` times, as the released code's, whose inner solve moves them one step
+            per inner step (:meth:`ModelPool.drift_path`); ``"before"``: all ``n_inner``
+            steps before the solve (this project from 2026-12-03 to 2026-12-04; the same point
+            for the meta-gradient, but one step's image gradient differs by 5–18 %,
+            ``benchmarks/step_vs_official.py``).
         adabelief: the meta-optimizer's AdaBelief: ``"released"`` (optax before 0.2.4, which
             the released code ran on: the belief tracks ``g_t − m_{t−1}``,
             :func:`released_adabelief`) or ``"current"`` (optax from 0.2.4 and the AdaBelief
@@ -143,6 +149,7 @@ class DistillConfig:
     pool_lr: float = 5e-5
     pool_max_steps: int = 15
     pool_drift: bool = True
+    drift_order: DriftOrder = "stepwise"
     ema_decay: float = 0.99
     inner_count_from_pool: bool = True
     center_labels: bool = True
@@ -190,6 +197,11 @@ class DistillConfig:
             raise ValueError(
                 "DistillConfig: `adabelief` must be 'released' or 'current', got "
                 f"{self.adabelief!r}."
+            )
+        if self.drift_order not in ("stepwise", "before"):
+            raise ValueError(
+                "DistillConfig: `drift_order` must be 'stepwise' or 'before', got "
+                f"{self.drift_order!r}."
             )
         if not isinstance(self.pool_drift, bool):
             raise ValueError(
@@ -567,7 +579,7 @@ class Distiller:
         algorithm = state.algorithm
         key, k_model, k_subset, k_renew = jax.random.split(jax.random.wrap_key_data(state.key), 4)
         index = jax.random.randint(k_model, (), 0, pool.size)
-        model0 = self._base_model(state, index)
+        model0, algorithm = self.at_pool_model(state, index, algorithm)
         if config.inner_count_from_pool:
             algorithm = algorithm.with_inner_count(state.pool.ages[index])
         x_t, y_t = batch
@@ -675,6 +687,16 @@ class Distiller:
         if self.config.pool_drift:
             return self.pool.drifted(state.pool, index, state.algorithm.n_inner)
         return self.pool.model(state.pool, index)
+
+    def at_pool_model(self, state: DistillState, index: Array, algorithm: Algorithm):
+        """``(model0, algorithm)`` of a step: the pool model where the meta-gradient is taken
+        and the algorithm whose inner solve linearises, at step ``k``, at the model moved ``k``
+        times (``config.drift_order="stepwise"``, the released code's order)."""
+        n = algorithm.n_inner
+        if not (self.config.pool_drift and self.config.drift_order == "stepwise" and n > 0):
+            return self._base_model(state, index), algorithm
+        path, final = self.pool.drift_path(state.pool, index, n)
+        return final, algorithm.with_linearisation_path(path)
 
     def probe(self, state: DistillState, x_train: Array, y_train: Array) -> DistillState:
         """The paper text's learning-rate probe (``lr_tuning="probe"``;

@@ -93,6 +93,22 @@ class ModelPool(eqx.Module):
         model, _ = jax.lax.fori_loop(0, steps, one, (model, opt_state))
         return model
 
+    def drift_path(self, state: PoolState, index: Array, steps: int) -> tuple[ConvNet, ConvNet]:
+        """``(path, final)``: model ``index`` after ``0 … steps − 1`` zero-gradient updates of
+        its own optimizer (stacked, leading axis ``steps``) and after ``steps``
+        (:meth:`drifted`). The released code's inner step ``k`` linearises at ``path[k]``
+        (its inner solve moves the weights one pool-Adam step per inner step); the
+        meta-gradient is taken at ``final``."""
+        model = self.model(state, index)
+        opt_state = jax.tree_util.tree_map(lambda a: a[index], state.opt_states)
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, model)
+
+        def one(carry, _):
+            return optax_step(self.optimizer, zeros, carry[1], carry[0]), carry[0]
+
+        (final, _), path = jax.lax.scan(one, (model, opt_state), None, length=steps)
+        return path, final
+
     def train_step(
         self,
         state: PoolState,

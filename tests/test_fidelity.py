@@ -487,6 +487,57 @@ def test_pool_drift_is_the_pool_adams_step_with_a_zero_gradient(x64):
     assert rel_err(got, want) < 1e-12
     moved = float(jnp.linalg.norm(got - tree_ravel(model)))
     assert moved > 20 * lr  # the weights did move (~lr per weight and inner step)
+    # The released order: inner step k linearises at the weights moved k times.
+    path, final = jax.jit(pool.drift_path, static_argnums=2)(state, jnp.asarray(0), 4)
+    assert rel_err(tree_ravel(final), tree_ravel(drifted(state, jnp.asarray(0), 4))) < 1e-14
+    for k in range(4):
+        at_k = jax.tree_util.tree_map(lambda a, k=k: a[k], path)
+        assert rel_err(tree_ravel(at_k), tree_ravel(drifted(state, jnp.asarray(0), k))) < 1e-14
+
+
+def test_the_inner_solve_linearises_at_the_pool_weights_moved_step_by_step(x64):
+    """Row 32, the released order (``drift_order="stepwise"``, default): inner step ``k`` takes
+    its loss and gradient with the pool model moved ``k`` times, and the result is the inner
+    solution there, differentiated at the model moved ``n`` times. A hand-written Adam loop over
+    the problems of the path; ``"before"`` (every step at the final model) differs."""
+    model, x_s, y_s, _, _ = _tiny()
+    n, lr, l2 = 5, 0.02, jnp.asarray(0.7)
+    # A path of distinct models: the pool model shifted a little more at each step.
+    shift = _displacement(model, 3, scale=0.02)
+    path = [jax.tree_util.tree_map(lambda w, d, k=k: w + k * d, model, shift) for k in range(n)]
+    final = jax.tree_util.tree_map(lambda w, d: w + n * d, model, shift)
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *path)
+    algorithm = rcig(n_inner=n, inner_lr=lr, head=KRRHead(frozen_weight="held"))
+    head = algorithm.final_layer
+
+    def problem(m):
+        return InnerProblem(algorithm.network(m), x_s, y_s, l2)
+
+    stepwise = algorithm.with_linearisation_path(stacked)
+    got = stepwise.solve_inner(problem(final))
+    d = head.init(algorithm.network(final))
+    m_, v_ = (jax.tree_util.tree_map(jnp.zeros_like, d) for _ in range(2))
+    frozen, trace = head.frozen(d), []
+    rate = float(np.float32(lr))  # the rate is a float32 leaf
+    for t in range(1, n + 1):
+        loss, g = jax.value_and_grad(head.inner_loss)(d, problem(path[t - 1]))
+        trace.append(loss)
+        m_ = jax.tree_util.tree_map(lambda a, b: 0.9 * a + 0.1 * b, m_, g)
+        v_ = jax.tree_util.tree_map(lambda a, b: 0.999 * a + 0.001 * b**2, v_, g)
+        d = jax.tree_util.tree_map(
+            lambda p, a, b, f, t=t: (
+                p if f else p - rate * (a / (1 - 0.9**t)) / (jnp.sqrt(b / (1 - 0.999**t)) + 1e-8)
+            ),
+            d,
+            m_,
+            v_,
+            frozen,
+        )
+    assert rel_err(tree_ravel(got.value), tree_ravel(d)) < 1e-10
+    assert rel_err(got.stats.loss_trace, jnp.asarray(trace)) < 1e-10
+    assert rel_err(got.stats.loss, head.inner_loss(d, problem(final))) < 1e-12
+    before = algorithm.solve_inner(problem(final))
+    assert rel_err(tree_ravel(before.value), tree_ravel(d)) > 1e-4
 
 
 def test_lambda_counts_the_learned_images_not_their_mirrors():
@@ -550,9 +601,11 @@ def test_ema_is_the_bias_corrected_average_of_the_iterates():
 # slow: three compiled meta-steps
 @pytest.mark.slow
 def test_the_meta_gradient_is_taken_at_the_drifted_pool_weights():
-    """``pool_drift`` (default): a step equals the undrifted step (``pool_drift=False``) on a
-    pool whose weights were moved by :meth:`ModelPool.drifted` beforehand, and differs from
-    the undrifted step on the pool as it is."""
+    """``pool_drift`` with ``drift_order="before"``: a step equals the undrifted step
+    (``pool_drift=False``) on a pool whose weights were moved by :meth:`ModelPool.drifted`
+    beforehand, and differs from the undrifted step on the pool as it is. The default order
+    (``"stepwise"``, the inner solve following the drift step by step; its mechanics are tested
+    above) ends at the same weights but differs from both."""
     import dataclasses
 
     x = np.asarray(jax.random.normal(jax.random.key(0), (60, 8, 8, 1)), np.float32)
@@ -566,11 +619,17 @@ def test_the_meta_gradient_is_taken_at_the_drifted_pool_weights():
         pool_max_steps=3,
         pool_lr=5e-3,
         lr_tuning="none",
+        drift_order="before",
     )
-    assert DistillConfig().pool_drift
-    algorithm = rcig(n_inner=3, n_hessian=2)
+    assert DistillConfig().pool_drift and DistillConfig().drift_order == "stepwise"
+    # An inner rate at which the displacement moves, so that where it is linearised shows.
+    algorithm = rcig(n_inner=3, n_hessian=2, inner_lr=3e-3)
     shape = x.shape[1:]
     drift = Distiller.build(algorithm, config, image_shape=shape, num_classes=3)
+    stepwise = Distiller.build(
+        algorithm, dataclasses.replace(config, drift_order="stepwise"), image_shape=shape,
+        num_classes=3,
+    )  # fmt: skip
     fixed = Distiller.build(
         algorithm, dataclasses.replace(config, pool_drift=False), image_shape=shape, num_classes=3
     )
@@ -594,6 +653,10 @@ def test_the_meta_gradient_is_taken_at_the_drifted_pool_weights():
         want = float(m_moved[name])
         assert float(m_drift[name]) == pytest.approx(want, rel=1e-5), name
     assert float(m_fixed["outer_loss"]) != pytest.approx(float(m_drift["outer_loss"]), rel=1e-4)
+    _, m_step = jax.jit(stepwise.step)(state, b)
+    for other in (m_drift, m_fixed):  # ~5e-4 apart here, float32 rounding ~1e-7
+        for name in ("outer_loss", "direct_norm"):
+            assert float(m_step[name]) != pytest.approx(float(other[name]), rel=5e-5), name
 
 
 # slow: a compile per transform / per pool variant (~10 s each on 2 cores)

@@ -1,5 +1,6 @@
 """Linear and inner solvers: accuracy, pytrees, diagnostics, validation, memory."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,6 +113,11 @@ def test_hvp_matches_hessian(x64):
         (lambda: bilevel.OptaxMinimizer(optax.sgd(0.1), steps=-1), "steps"),
         (lambda: bilevel.OptaxMinimizer("sgd", steps=10), "optimizer"),
         (lambda: bilevel.OptaxMinimizer(optax.sgd(0.1), steps=5, tol=-1.0), "tol"),
+        (lambda: bilevel.OptaxMinimizer(optax.sgd(0.1), steps=5, step_args=3), "step_args"),
+        (
+            lambda: bilevel.OptaxMinimizer(optax.sgd(0.1), 5, tol=1e-3, step_args=lambda k, c: c),
+            "step_args",
+        ),
     ],
 )
 def test_bad_options_raise_clear_value_error(make, match, unchecked_types):
@@ -277,3 +283,35 @@ def test_an_operator_that_does_not_map_b_like_b_is_named(solve):
         solve.solve(lambda v: v[:2], jnp.ones(3))
     with pytest.raises(ValueError, match="warm start"):
         solve(lambda v: v, jnp.ones(3), init=jnp.ones(4))
+
+
+class _Shifted(eqx.Module):
+    """``step_args``: step ``k``'s target is ``c + shifts[k]``."""
+
+    shifts: jax.Array
+
+    def __call__(self, k, c):
+        return (c + self.shifts[k],)
+
+
+def test_optax_minimizer_step_args_give_each_step_its_own_objective(x64):
+    """``step_args(k, *args)``: step ``k``'s gradient is taken with its own arguments (a
+    hand-written loop of gradient steps on moving targets); the final loss, gradient norm and the
+    implicit derivative use the arguments as given."""
+    loss = lambda w, c: 0.5 * jnp.sum((w - c) ** 2)  # noqa: E731
+    shifts = jnp.asarray([[0.0, 1.0], [0.5, -1.0], [2.0, 0.0], [-1.0, 3.0]])
+    c = jnp.asarray([1.0, 2.0])
+    minimizer = bilevel.OptaxMinimizer(optax.sgd(0.3), steps=4, step_args=_Shifted(shifts))
+    w, info, _ = minimizer(loss, jnp.zeros(2), c)
+    want, trace = jnp.zeros(2), []
+    for k in range(4):
+        trace.append(loss(want, c + shifts[k]))
+        want = want - 0.3 * (want - (c + shifts[k]))
+    assert rel_err(w, want) < 1e-14
+    assert rel_err(info.loss_trace, jnp.asarray(trace)) < 1e-14
+    assert rel_err(info.loss, loss(want, c)) < 1e-14
+    # The implicit derivative is the one of argmin_w loss(w, c) at the given c: dw/dc = I.
+    jac = jax.jacobian(
+        lambda c: bilevel.argmin(loss, jnp.zeros(2), c, minimizer=minimizer, throw=False).value
+    )(c)
+    assert rel_err(jac, jnp.eye(2)) < 1e-10

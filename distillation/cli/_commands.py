@@ -443,11 +443,11 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
     )
     p.add_argument(
         "--pool-drift",
-        choices=("released", "none"),
+        choices=("released", "before", "none"),
         default="released",
-        help="where the meta-gradient is taken: the selected pool model's weights moved by its "
-        "own Adam's momentum over the inner steps, as the released code (default), or as they "
-        "are (none)",
+        help="the selected pool model's weights moved by its own Adam's momentum over the inner "
+        "steps, one step per inner step as the released code (default), all before the inner "
+        "solve (before), or not at all (none)",
     )
     p.add_argument(
         "--frozen-weight",
@@ -647,7 +647,8 @@ class RunSettings:
             lr_tuning=self.lr_tuning,  # type: ignore[arg-type]
             adabelief=self.adabelief,  # type: ignore[arg-type]
             pool_max_steps=self.pool_steps,
-            pool_drift=self.pool_drift == "released",
+            pool_drift=self.pool_drift != "none",
+            drift_order="before" if self.pool_drift == "before" else "stepwise",
             ema_decay=self.ema,
             flip=self.flip,
             n_subset=self.n_subset,
