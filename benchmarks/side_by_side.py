@@ -139,7 +139,7 @@ def accuracy(args) -> None:
     )
     results = json.loads(out_path.read_text()) if out_path.exists() else {"runs": []}
     done = {(r["who"], r["seed"], r["width"], r["steps"]) for r in results["runs"]}
-    marks = [c for c in CHECKPOINTS if c <= args.steps]
+    marks = [c for c in CHECKPOINTS if c <= args.steps] if args.marks is None else args.marks
     if args.steps not in marks:
         marks.append(args.steps)
     if args.tuning_seconds is not None:
@@ -483,6 +483,13 @@ def main() -> None:
         default=None,
         help="INNER,HESSIAN: ours skips its learning-rate pre-round and runs the released "
         "schedule from these rates (lr_tuning='schedule'), e.g. the official run's tuned ones",
+    )
+    a.add_argument(
+        "--marks",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        help="the iterations at which sets are kept and evaluated (default: the official "
+        "config's checkpoints up to --steps; --steps is always one)",
     )
     t = sub.add_parser("timing")
     t.add_argument("--width", type=int, default=32)
