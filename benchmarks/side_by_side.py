@@ -173,7 +173,12 @@ def accuracy(args) -> None:
                 if args.rates is None
                 else dict(zip(("inner_lr", "hessian_lr"), args.rates, strict=True))
             )
-            print(f"[ours] seed {seed}: distilling {args.steps} iterations {given}", flush=True)
+            init = None if args.init_indices is None else args.init_indices[str(seed)]
+            print(
+                f"[ours] seed {seed}: distilling {args.steps} iterations {given} from "
+                f"{'a draw of ours' if init is None else f'training examples {init}'}",
+                flush=True,
+            )
             result = distill(
                 dataset.x_train,
                 dataset.y_train,
@@ -184,6 +189,7 @@ def accuracy(args) -> None:
                 key=jax.random.key(seed),
                 progress=False,
                 snapshot_steps=marks,
+                init_indices=init,
             )
             points = []
             for snap in result.snapshots:
@@ -206,6 +212,7 @@ def accuracy(args) -> None:
                     "steps": args.steps,
                     "adabelief": args.adabelief,
                     "rates_given": args.rates,
+                    "init_indices": init,
                     "learning_rates": [
                         result.learning_rates[0],
                         result.learning_rates[1],
@@ -490,6 +497,13 @@ def main() -> None:
         default=None,
         help="the iterations at which sets are kept and evaluated (default: the official "
         "config's checkpoints up to --steps; --steps is always one)",
+    )
+    a.add_argument(
+        "--init-indices",
+        type=lambda p: json.loads(Path(p).read_text()),
+        default=None,
+        help="JSON file {seed: [training indices]}: ours starts from these examples (e.g. the "
+        "ones the released code's init_proto picks for that seed) instead of its own draw",
     )
     t = sub.add_parser("timing")
     t.add_argument("--width", type=int, default=32)

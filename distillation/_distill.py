@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import signal
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +66,7 @@ from distillation.evaluation._augment import with_mirrors
 LrTuning = Literal["released", "schedule", "probe", "none"]
 AdaBelief = Literal["released", "current"]
 DriftOrder = Literal["stepwise", "before"]
+InitDraw = Literal["released", "uniform"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +111,12 @@ class DistillConfig:
             model's optimizer state, whose counter Adam's bias correction reads (its moments
             are zero there, so only the counter carries over). ``False``: from 0.
         center_labels: initial labels ``one-hot − 1/K`` (the released code) instead of one-hot.
+        init_draw: how the starting images are drawn (:func:`init_support`): ``"released"``,
+            the released code's ``init_proto``: the training set in its stored order through a
+            shuffle buffer of ``10·ipc·K`` examples, the first ``ipc`` of each class to come out
+            (so the start is drawn from the first few hundred examples of the file);
+            ``"uniform"``: ``ipc`` per class uniformly from the whole class (this project before
+            2026-12-04).
         l2_per_image: ``λ = l2_per_image · (images learned)``; ``None`` (default): the released
             configs' ``l2_rate`` for the network's depth, 0.0005 up to depth 4 and 0.05 at
             depth 5 (``configs_final/depth_5.txt``, the 128-px datasets).
@@ -153,6 +160,7 @@ class DistillConfig:
     ema_decay: float = 0.99
     inner_count_from_pool: bool = True
     center_labels: bool = True
+    init_draw: InitDraw = "released"
     l2_counts_mirrors: bool = False
     flip: bool = False
     n_subset: int | None = None
@@ -197,6 +205,11 @@ class DistillConfig:
             raise ValueError(
                 "DistillConfig: `adabelief` must be 'released' or 'current', got "
                 f"{self.adabelief!r}."
+            )
+        if self.init_draw not in ("released", "uniform"):
+            raise ValueError(
+                "DistillConfig: `init_draw` must be 'released' or 'uniform', got "
+                f"{self.init_draw!r}."
             )
         if self.drift_order not in ("stepwise", "before"):
             raise ValueError(
@@ -259,10 +272,26 @@ def init_support(
     key: Array,
     init_temperature: float = 1.0,
     center_labels: bool = False,
+    indices: Sequence[int] | None = None,
+    draw: InitDraw = "uniform",
 ) -> SupportSet:
     """``ipc`` real images per class drawn at random, with one-hot labels, or, with
-    ``center_labels``, ``one-hot − 1/K`` (the released code's start)."""
-    picks = _pick_per_class(labels, num_classes, ipc, key)
+    ``center_labels``, ``one-hot − 1/K`` (the released code's start).
+
+    ``draw``: ``"uniform"``, ``ipc`` per class uniformly from the whole class; ``"released"``,
+    as the released code's ``init_proto``: the examples in their stored order through a shuffle
+    buffer of ``10·ipc·K`` (tf.data's ``shuffle``: each output is a uniformly chosen slot of the
+    buffer, refilled with the next example), the first ``ipc`` of each class to come out.
+    ``indices``: these training examples instead of a draw (``ipc`` of each class, see
+    :func:`check_init_indices`)."""
+    if draw not in ("uniform", "released"):
+        raise ValueError(f"init_support: `draw` must be 'uniform' or 'released', got {draw!r}.")
+    if indices is not None:
+        picks = check_init_indices(indices, labels, num_classes, ipc)
+    elif draw == "released":
+        picks = _pick_as_released(labels, num_classes, ipc, key)
+    else:
+        picks = _pick_per_class(labels, num_classes, ipc, key)
     onehot = one_hot(labels[picks], num_classes)
     if center_labels:
         onehot = onehot - np.float32(1.0 / num_classes)
@@ -273,18 +302,83 @@ def init_support(
     )
 
 
-def _pick_per_class(labels: np.ndarray, num_classes: int, ipc: int, key: Array) -> np.ndarray:
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
-    picks = []
+def check_init_indices(
+    indices: Sequence[int], labels: np.ndarray, num_classes: int, ipc: int
+) -> np.ndarray:
+    """The training examples a support set starts from, checked: integers in ``[0, N)``, no
+    repeats, ``ipc`` of each class; returned as an array in the order given."""
+    picks = np.asarray(list(indices))
+    if picks.ndim != 1 or (picks.size and not np.issubdtype(picks.dtype, np.integer)):
+        raise ValueError(f"init_indices must be a list of integers, got {list(indices)!r}.")
+    if picks.size != ipc * num_classes:
+        raise ValueError(
+            f"init_indices must hold ipc·K = {ipc}·{num_classes} = {ipc * num_classes} "
+            f"training indices, got {picks.size}."
+        )
+    bad = picks[(picks < 0) | (picks >= len(labels))]
+    if bad.size:
+        raise ValueError(
+            f"init_indices {bad.tolist()} are outside the training set's [0, {len(labels)})."
+        )
+    if len(set(picks.tolist())) != picks.size:
+        raise ValueError(f"init_indices repeat a training example: {picks.tolist()}.")
+    counts = np.bincount(labels[picks], minlength=num_classes)
+    if not np.all(counts == ipc):
+        raise ValueError(
+            f"init_indices must hold {ipc} image(s) of each class, got per-class counts "
+            f"{counts.tolist()}."
+        )
+    return picks
+
+
+def _check_class_sizes(labels: np.ndarray, num_classes: int, ipc: int) -> None:
+    counts = np.bincount(labels, minlength=num_classes)
     for c in range(num_classes):
-        members = np.flatnonzero(labels == c)
-        if len(members) < ipc:
+        if counts[c] < ipc:
             raise ValueError(
                 f"ipc={ipc} images per class requested, but class {c} has only "
-                f"{len(members)} training images."
+                f"{counts[c]} training images."
             )
-        picks.append(rng.choice(members, size=ipc, replace=False))
+
+
+def _host_rng(key: Array) -> np.random.Generator:
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
+def _pick_per_class(labels: np.ndarray, num_classes: int, ipc: int, key: Array) -> np.ndarray:
+    _check_class_sizes(labels, num_classes, ipc)
+    rng = _host_rng(key)
+    picks = [
+        rng.choice(np.flatnonzero(labels == c), size=ipc, replace=False) for c in range(num_classes)
+    ]
     return np.concatenate(picks)
+
+
+def _pick_as_released(labels: np.ndarray, num_classes: int, ipc: int, key: Array) -> np.ndarray:
+    """The released ``init_proto``'s draw (``algorithms.py`` 1000–1034): ``ds.shuffle(10·ipc·K)``
+    over the examples in stored order, ``group_by_window`` by class with windows of ``ipc``, the
+    first window of each class. The stream stops once every class is full."""
+    _check_class_sizes(labels, num_classes, ipc)
+    rng = _host_rng(key)
+    n = len(labels)
+    buffer = list(range(min(10 * ipc * num_classes, n)))
+    following = len(buffer)
+    taken: list[list[int]] = [[] for _ in range(num_classes)]
+    missing = num_classes
+    while missing:
+        slot = int(rng.integers(len(buffer)))
+        example = buffer[slot]
+        if following < n:
+            buffer[slot] = following
+            following += 1
+        else:
+            buffer[slot] = buffer[-1]
+            buffer.pop()
+        group = taken[int(labels[example])]
+        if len(group) < ipc:
+            group.append(example)
+            missing -= len(group) == ipc
+    return np.concatenate([np.asarray(t, dtype=np.int64) for t in taken])
 
 
 def released_adabelief(
@@ -1001,6 +1095,7 @@ def distill(
     snapshot_steps: Collection[int] = (),
     interrupts: InterruptGuard | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    init_indices: Sequence[int] | None = None,
 ) -> DistillResult:
     """Run Algorithm 1 for ``config.steps`` meta-iterations: the support set drawn from the
     data, a :class:`Distiller`, the learning-rate pre-round, and :func:`distillation.run`
@@ -1037,6 +1132,8 @@ def distill(
             batch and the model pool are split over them (``config.target_batch`` and
             ``config.pool_size`` must be divisible by the device count); ``None``: one device.
             Checkpoints hold the gathered state, so a run may resume on another device count.
+        init_indices: start from these training examples (``ipc`` of each class) instead of a
+            random draw, e.g. the images another run or the released code started from.
 
     Returns:
         The learned support set, the logged metrics, the wall-clock seconds spent in this call
@@ -1056,6 +1153,8 @@ def distill(
     y_train = np.asarray(y_train)
     if len(x_train.shape) != 4:
         raise ValueError(f"x_train must be (N, H, W, C), got shape {x_train.shape}.")
+    if init_indices is not None:
+        check_init_indices(init_indices, y_train, num_classes, ipc)
     snapshots = Snapshots(snapshot_steps, lambda st: ema_support(st, config.ema_decay), t0)
     meta: dict[str, Any] = {}
     if resume and checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
@@ -1072,6 +1171,8 @@ def distill(
         key=k_support,
         init_temperature=config.init_temperature,
         center_labels=config.center_labels,
+        indices=init_indices,
+        draw=config.init_draw,
     )
     distiller = Distiller.build(
         algorithm, config, image_shape=x_train.shape[1:], num_classes=num_classes, mesh=mesh

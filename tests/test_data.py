@@ -333,6 +333,64 @@ def test_more_images_per_class_than_a_class_has():
         init_support(ds.x_train, ds.y_train, 10, 500, key=jax.random.key(0))
 
 
+def test_init_support_starts_from_the_given_training_examples():
+    ds = load_dataset("digits")
+    import jax
+
+    picks = [int(np.flatnonzero(ds.y_train == c)[3]) for c in (4, 0, 9, 1, 2, 3, 5, 6, 7, 8)]
+    support = init_support(
+        ds.x_train, ds.y_train, 10, 1, key=jax.random.key(0), indices=picks, center_labels=True
+    )
+    assert np.array_equal(np.asarray(support.images), ds.x_train[picks])
+    expected = np.eye(10, dtype=np.float32)[ds.y_train[picks]] - np.float32(0.1)
+    assert np.array_equal(np.asarray(support.labels), expected)
+    # The key is not used: another key gives the same set; without indices, a draw.
+    again = init_support(ds.x_train, ds.y_train, 10, 1, key=jax.random.key(7), indices=picks)
+    assert np.array_equal(np.asarray(again.images), ds.x_train[picks])
+    drawn = init_support(ds.x_train, ds.y_train, 10, 1, key=jax.random.key(7))
+    assert not np.array_equal(np.asarray(drawn.images), ds.x_train[picks])
+
+
+@pytest.mark.parametrize(
+    "indices, message",
+    [
+        ([0, 1], r"ipc·K = 1·3 = 3 training indices, got 2"),
+        ([0, 1, 9], r"init_indices \[9\] are outside the training set's \[0, 6\)"),
+        ([-1, 1, 2], r"init_indices \[-1\] are outside"),
+        ([0, 3, 2], r"1 image\(s\) of each class, got per-class counts \[2, 0, 1\]"),
+        ([0, 0, 1], r"repeat a training example"),
+        ([0.5, 1, 2], r"must be a list of integers"),
+    ],
+)
+def test_bad_init_indices_are_refused_with_the_bad_value(indices, message, unchecked_types):
+    from distillation._distill import check_init_indices
+
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match=message):
+        check_init_indices(indices, labels, 3, 1)
+
+
+def test_distill_refuses_bad_init_indices_before_it_builds_anything():
+    import jax
+
+    from distillation import DistillConfig, distill, rcig
+
+    ds = load_dataset("digits")
+    picks = [int(np.flatnonzero(ds.y_train == c)[0]) for c in range(10)]
+    with pytest.raises(ValueError, match="1 image\\(s\\) of each class"):
+        distill(
+            ds.x_train,
+            ds.y_train,
+            10,
+            rcig(),
+            1,
+            DistillConfig(steps=1),
+            key=jax.random.key(0),
+            progress=False,
+            init_indices=picks[:9] + [int(np.flatnonzero(ds.y_train == 0)[1])],
+        )
+
+
 def test_hub_id_without_network_gives_clear_error(monkeypatch):
     # No network here (nor in CI): the reachability check reports it at once. With network the
     # repository does not exist, which gives the same error from datasets.

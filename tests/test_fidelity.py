@@ -772,6 +772,49 @@ def test_command_line_defaults_follow_the_released_configs():
     )
     with pytest.raises(ValueError, match="frozen-weight held"):
         vig_held.algorithm()
+    assert (s.init_draw, config.init_draw) == ("released", "released")
+    uniform = _resolve(
+        parse(["distill", "--dataset", "x", "--init-draw", "uniform"]), gray, "rcig", 0
+    )
+    assert uniform.distill_config(100).init_draw == "uniform"
+    assert uniform.fingerprint() != _resolve(explicit, gray, "rcig", 0).fingerprint()
+    subset = _resolve(parse(["distill", "--dataset", "x"]), gray, "random", 0)
+    assert subset.distill_config(100).init_draw == "uniform"  # a random subset is uniform
+
+
+def test_the_released_init_draws_the_first_of_each_class_from_a_shuffle_buffer():
+    """Row 34: the released ``init_proto`` passes the training set, in its stored order, through
+    ``tf.data``'s ``shuffle(10·ipc·K)`` and keeps the first ``ipc`` of each class to come out. Its
+    k-th output is one of the first ``B + k`` examples, so its starts come from the head of the
+    file; a uniform draw spreads over the whole class."""
+    from distillation._distill import _pick_as_released, _pick_per_class
+
+    k, n = 10, 6000
+    labels = np.tile(np.arange(k), n // k)  # classes interleaved, as in MNIST's file
+    for ipc in (1, 3):
+        b = 10 * ipc * k
+        released = [_pick_as_released(labels, k, ipc, jax.random.key(s)) for s in range(40)]
+        uniform = [_pick_per_class(labels, k, ipc, jax.random.key(s)) for s in range(40)]
+        for picks in released:
+            assert np.array_equal(np.bincount(labels[picks], minlength=k), np.full(k, ipc))
+            assert np.array_equal(labels[picks], np.repeat(np.arange(k), ipc))
+            # every class is full long before the stream has passed 2·B examples
+            assert picks.max() < 2 * b
+        assert np.mean(released) < b  # the head of the file
+        assert np.mean(uniform) > n / 4  # the whole file
+        assert len({tuple(p) for p in released}) > 30  # a draw, not a fixed choice
+    # The same key gives the same start; a class sorted to the end of the file is still reached.
+    np.testing.assert_array_equal(
+        _pick_as_released(labels, k, 1, jax.random.key(5)),
+        _pick_as_released(labels, k, 1, jax.random.key(5)),
+    )
+    ordered = np.repeat(np.arange(k), n // k)
+    picks = _pick_as_released(ordered, k, 2, jax.random.key(0))
+    assert np.array_equal(ordered[picks], np.repeat(np.arange(k), 2))
+    # class 9 starts at 5400: its first two out of the buffer come from near its start
+    assert picks[-2:].min() >= 5400 and picks[-2:].max() < 5400 + 2 * 200
+    with pytest.raises(ValueError, match="class 1 has only 0 training images"):
+        _pick_as_released(np.zeros(50, dtype=np.int64), 2, 1, jax.random.key(0))
 
 
 def test_weights_are_initialised_as_the_released_models_flax_lecun_normal():

@@ -450,6 +450,15 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
         "solve (before), or not at all (none)",
     )
     p.add_argument(
+        "--init-draw",
+        choices=("released", "uniform"),
+        default="released",
+        help="how the starting images are drawn: as the released code (default: the training "
+        "set in stored order through a shuffle buffer of 10*ipc*K, the first ipc of each class), "
+        "or uniformly from each whole class (uniform); the random-subset baseline always draws "
+        "uniformly",
+    )
+    p.add_argument(
         "--frozen-weight",
         choices=("released", "held"),
         default="released",
@@ -568,14 +577,16 @@ class RunSettings:
     adabelief: str = "released"
     pool_drift: str = "released"
     frozen_weight: str = "released"
+    init_draw: str = "released"
     inner_lr: float | None = None
     hessian_lr: float | None = None
 
     def record(self) -> dict[str, Any]:
         """The settings as a JSON-serialisable dict (``image_size``, ``zca_block``,
         ``mixed_precision`` and ``norm`` only when set, so that runs from before these options
-        resume; ``adabelief``, ``pool_drift`` and ``frozen_weight`` always: each changed the
-        default method, so a run folder from before it does not resume under the other one)."""
+        resume; ``adabelief``, ``pool_drift``, ``frozen_weight`` and ``init_draw`` always: each
+        changed the default method, so a run folder from before it does not resume under the
+        other one)."""
         record = dataclasses.asdict(self)
         for optional in (
             "image_size",
@@ -660,6 +671,7 @@ class RunSettings:
             # The random-subset baseline: real images with one-hot labels, temperature 0.1.
             center_labels=learns,
             init_temperature=1.0 if learns else 0.1,
+            init_draw=self.init_draw,  # type: ignore[arg-type]
         )
 
 
@@ -704,6 +716,7 @@ def _resolve(args, dataset, method: str, seed: int) -> RunSettings:
         adabelief=getattr(args, "adabelief", "released"),
         pool_drift=getattr(args, "pool_drift", "released"),
         frozen_weight=getattr(args, "frozen_weight", "released"),
+        init_draw=getattr(args, "init_draw", "released") if learns else "uniform",
         inner_lr=getattr(args, "inner_lr", None),
         hessian_lr=getattr(args, "hessian_lr", None),
     )
