@@ -305,6 +305,10 @@ def _report(results: dict, width: int, steps: int, dataset: str, figure: Path) -
         pts = [p for p in r["points"] if np.isfinite(p["seconds"])]
         colour = "C0" if r["who"] == "ours" else "C3"
         label = "this project" if r["who"] == "ours" else "released code"
+        if r.get("rates_given"):
+            label += " at given rates (no pre-round)"
+        if r.get("init_indices"):
+            label += " from their starting images"
         ax.plot(
             [p["seconds"] for p in pts],
             [np.mean(p["accs"]) for p in pts],
