@@ -26,11 +26,34 @@ Norm = Literal["none", "instance", "batch"]
 SOFTPLUS_TEMPERATURE = 60.0
 
 
+@jax.custom_jvp
+def softplus_t(x: Array) -> Array:
+    """Softplus with temperature β = :data:`SOFTPLUS_TEMPERATURE`: ``log(1 + exp(βx)) / β``.
+
+    The same function as ``jax.nn.softplus(β * x) / β`` (to float rounding; → ReLU as β → ∞),
+    written as ``max(x, 0) + log1p(exp(-β|x|)) / β`` with the derivative rule
+    ``sigmoid(βx) · t``. ``jax.nn.softplus`` differentiates ``logaddexp``'s general rule (two
+    exponentials, infinity guards and selects per element), and the linearised network, which
+    takes derivatives of the tangent, repeats that on every 1024-image target activation: this
+    rule cuts an RCIG iteration at width 32 by about a quarter on a CPU
+    (``benchmarks/softplus_rule.py``). Derivatives of every order come from autodiff of the rule
+    (``sigmoid``'s own rule gives ``β·s·(1 - s)``).
+    """
+    return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-SOFTPLUS_TEMPERATURE * jnp.abs(x))) / (
+        SOFTPLUS_TEMPERATURE
+    )
+
+
+@softplus_t.defjvp
+def _softplus_t_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return softplus_t(x), jax.nn.sigmoid(SOFTPLUS_TEMPERATURE * x) * t
+
+
 def _activation(name: str, x: Array) -> Array:
     if name == "relu":
         return jax.nn.relu(x)
-    # softplus with temperature β: log(1 + exp(βx)) / β, → ReLU as β → ∞.
-    return jax.nn.softplus(SOFTPLUS_TEMPERATURE * x) / SOFTPLUS_TEMPERATURE
+    return softplus_t(x)
 
 
 BN_EPSILON = 1e-5

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.test_util import check_grads
 from problems import rel_err, tree_ravel
 from sklearn.datasets import load_digits
 
@@ -20,7 +21,7 @@ from distillation._algorithms import (
     vig,
 )
 from distillation._distill import DistillConfig, Distiller, init_support
-from distillation._models import conv_net
+from distillation._models import SOFTPLUS_TEMPERATURE, conv_net, softplus_t
 from distillation._networks import LinearizedNetwork, StandardNetwork
 from distillation._objectives import ClosedFormHead, InnerProblem, closed_form_head
 from distillation._tuning import LearningRateTuner
@@ -127,6 +128,38 @@ def test_wide_padding_layer_equals_plain_convolution(x64):
     assert rel_err(hv(ours)[0], hv(ref)[0]) < 1e-12
     xs = jnp.stack([x, 2 * x])
     assert rel_err(jax.vmap(ours, (None, 0))(w, xs), jax.vmap(ref, (None, 0))(w, xs)) < 1e-12
+
+
+def test_softplus_rule_equals_jax_softplus_to_third_order(x64):
+    """``softplus_t`` (its own derivative rule, for speed) is ``jax.nn.softplus(βx)/β``: values,
+    first, second and third derivatives in float64 over the transition and far out, and
+    autodiff's own check of its rule in both modes; finite slopes at ±inf."""
+    beta = SOFTPLUS_TEMPERATURE
+    ref = lambda x: jax.nn.softplus(beta * x) / beta  # noqa: E731
+    x = jnp.concatenate([jnp.linspace(-0.3, 0.3, 301), jnp.array([-40.0, -2.0, 0.0, 2.0, 40.0])])
+    d = lambda f: jax.vmap(jax.grad(f))  # noqa: E731
+    # (σ'' = β·s·(1 - s) loses relative precision where s → 1, so compare to the largest value)
+    close = lambda a, b: np.testing.assert_allclose(a, b, atol=1e-13 * np.abs(b).max())  # noqa: E731
+    for f_ours, f_ref in [
+        (softplus_t, ref),
+        (jax.grad(softplus_t), jax.grad(ref)),
+        (jax.grad(jax.grad(softplus_t)), jax.grad(jax.grad(ref))),
+    ]:
+        close(jax.vmap(f_ours)(x), jax.vmap(f_ref)(x))
+        close(d(f_ours)(x), d(f_ref)(x))
+    # second derivative is β·s·(1 - s), s = sigmoid(βx): 15 at x = 0
+    assert jax.grad(jax.grad(softplus_t))(jnp.float64(0)) == pytest.approx(beta / 4, rel=1e-15)
+    for x0 in (-0.02, 0.0, 0.013, 0.05):
+        check_grads(
+            lambda v: softplus_t(jnp.asarray(v)), (jnp.float64(x0),), order=2, modes=["fwd", "rev"]
+        )
+    with jax.enable_x64(False):
+        big = jnp.array([-jnp.inf, -1e30, -80.0, 80.0, 1e30, jnp.inf], jnp.float32)
+        eps = float(jnp.finfo(jnp.float32).eps)
+        np.testing.assert_allclose(softplus_t(big), ref(big), rtol=2 * eps, atol=0)
+        np.testing.assert_array_equal(d(softplus_t)(big), jnp.array([0, 0, 0, 1, 1, 1.0]))
+        small = jnp.linspace(-0.5, 0.5, 1001, dtype=jnp.float32)
+        np.testing.assert_allclose(softplus_t(small), ref(small), rtol=4 * eps, atol=4 * eps / beta)
 
 
 def _converged(make):
