@@ -158,8 +158,11 @@ def test_subsampling_lowers_the_compiled_steps_peak_memory():
     full_small, full_big = _step_peak_bytes(None, 20), _step_peak_bytes(None, 40)
     sub_small, sub_big = _step_peak_bytes(20, 20), _step_peak_bytes(20, 40)
     assert sub_big < 0.6 * full_big, (sub_big, full_big)
-    # doubling |S| (200 -> 400) costs the full step far more than the subsampled one
-    assert (sub_big - sub_small) < 0.5 * (full_big - full_small), (
+    # doubling |S| (200 -> 400) costs the full step far more than the subsampled one. Measured
+    # (jax 0.10.2, this package's XLA flags): subsampled +3.65 MB, full +6.42 MB (0.57); the
+    # full step's growth was 9.4 MB with jax.nn.softplus's derivative rule, whose residuals per
+    # activation the softplus_t rule no longer keeps, hence 0.6 rather than the earlier 0.5.
+    assert (sub_big - sub_small) < 0.6 * (full_big - full_small), (
         sub_small,
         sub_big,
         full_small,
