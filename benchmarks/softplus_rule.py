@@ -24,15 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import jax
-import numpy as np
-from flops_memory import _setup
+from _ab import build, interleaved, rel
 from iteration_time import DATA, ROOT
 
 from distillation import _models
-from distillation._algorithms import rcig
 from distillation.data._datasets import load_dataset
 
 BETA = _models.SOFTPLUS_TEMPERATURE
@@ -43,55 +40,20 @@ def reference_activation(name, x):
     return jax.nn.relu(x) if name == "relu" else jax.nn.softplus(BETA * x) / BETA
 
 
-def build(dataset, width, activation):
-    library = _models._activation
-    _models._activation = activation
-    try:
-        step, state, x, y = _setup(dataset, width, 1, rcig())
-        compiled = step.lower(state, x, y).compile()
-    finally:
-        _models._activation = library
-    return compiled, state, x, y
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
 def case(name: str, width: int, steps: int, rounds: int) -> dict:
     dataset = load_dataset(str(DATA[name]))
     variants = {
-        "jax.nn.softplus": build(dataset, width, reference_activation),
-        "softplus_t (rule)": build(dataset, width, _models._activation),
+        "jax.nn.softplus": build(dataset, width, {"_activation": reference_activation}),
+        "softplus_t (rule)": build(dataset, width, {}),
     }
-    states = {}
-    first = {}
-    for label, (compiled, state, x, y) in variants.items():
-        # both states are built from the same keys, so the two start identical
-        state, aux = jax.block_until_ready(compiled(state, x, y))  # warm-up, and the first step
-        first[label] = (np.asarray(state.support.images), float(np.asarray(aux["outer_loss"])))
-        states[label] = state
-    (img_a, loss_a), (img_b, loss_b) = first.values()
-    times: dict[str, list[float]] = {label: [] for label in variants}
-    for _ in range(rounds):
-        for label, (compiled, _, x, y) in variants.items():
-            state = states[label]
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                state, _aux = jax.block_until_ready(compiled(state, x, y))
-                times[label].append(time.perf_counter() - t0)
-            states[label] = state
-        print(name, width, {k: round(float(np.mean(v)), 3) for k, v in times.items()}, flush=True)
-    ref, rule = (float(np.mean(v)) for v in times.values())
+    timed = interleaved(variants, steps, rounds, tag=f"{name} {width}")
+    (img_a, loss_a), (img_b, loss_b) = timed["first_step"].values()
+    ref, rule = timed["s_per_step"].values()
     return {
         "dataset": name,
         "width": width,
-        "s_per_step": {k: float(np.mean(v)) for k, v in times.items()},
-        "s_per_step_by_round": {
-            k: [float(np.mean(v[i * steps : (i + 1) * steps])) for i in range(rounds)]
-            for k, v in times.items()
-        },
+        "s_per_step": timed["s_per_step"],
+        "s_per_step_by_round": timed["s_per_step_by_round"],
         "ratio_rule_over_reference": rule / ref,
         "first_step_support_rel_diff": rel(img_b, img_a),
         "first_step_outer_loss": {"jax.nn.softplus": loss_a, "softplus_t (rule)": loss_b},

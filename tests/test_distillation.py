@@ -21,7 +21,7 @@ from distillation._algorithms import (
     vig,
 )
 from distillation._distill import DistillConfig, Distiller, init_support
-from distillation._models import SOFTPLUS_TEMPERATURE, conv_net, softplus_t
+from distillation._models import SOFTPLUS_TEMPERATURE, add_bias, avg_pool2, conv_net, softplus_t
 from distillation._networks import LinearizedNetwork, StandardNetwork
 from distillation._objectives import ClosedFormHead, InnerProblem, closed_form_head
 from distillation._tuning import LearningRateTuner
@@ -160,6 +160,32 @@ def test_softplus_rule_equals_jax_softplus_to_third_order(x64):
         np.testing.assert_array_equal(d(softplus_t)(big), jnp.array([0, 0, 0, 1, 1, 1.0]))
         small = jnp.linspace(-0.5, 0.5, 1001, dtype=jnp.float32)
         np.testing.assert_allclose(softplus_t(small), ref(small), rtol=4 * eps, atol=4 * eps / beta)
+
+
+def test_add_bias_is_x_plus_b_in_value_and_every_derivative(x64):
+    """``add_bias`` (the bias broadcast behind a barrier, for XLA:CPU's sake) is ``x + b``:
+    equal values in float32 (jitted), equal derivatives of both arguments in forward and reverse
+    mode, and autodiff's own check to second order, through a nonlinearity, in float64."""
+    kx, kb, kg = jax.random.split(jax.random.key(0), 3)
+    plain = lambda x, b: x + b.reshape(1, 1, 1, -1)  # noqa: E731
+    with jax.enable_x64(False):
+        x = jax.random.normal(kx, (40, 6, 5, 3), jnp.float32)
+        b = jax.random.normal(kb, (3,), jnp.float32)
+        np.testing.assert_array_equal(jax.jit(add_bias)(x, b), plain(x, b))
+    x = jax.random.normal(kx, (40, 6, 5, 3), jnp.float64)
+    b = jax.random.normal(kb, (3,), jnp.float64)
+    g = jax.random.normal(kg, x.shape, jnp.float64)
+    for f in (add_bias, plain):
+        ct = jax.vjp(f, x, b)[1](g)
+        np.testing.assert_allclose(ct[0], g, rtol=0, atol=0)
+        np.testing.assert_allclose(ct[1], g.sum((0, 1, 2)), rtol=1e-13)
+        tangent = jax.jvp(f, (x, b), (g, b))[1]
+        np.testing.assert_allclose(tangent, g + b.reshape(1, 1, 1, -1), rtol=1e-15)
+
+    def loss(x, b):  # check_grads passes numpy arrays
+        return jnp.sum(jnp.tanh(avg_pool2(add_bias(jnp.asarray(x), jnp.asarray(b)))) ** 2)
+
+    check_grads(loss, (x[:4], b), order=2, modes=["fwd", "rev"])
 
 
 def _converged(make):

@@ -1,0 +1,69 @@
+"""Two or more builds of the RCIG step timed in one process, interleaved (the A/B benchmarks'
+shared part: ``softplus_rule.py``, ``bias_gradient.py``).
+
+Each variant is the default step traced while attributes of ``distillation._models`` are
+swapped for the variant's (``patch``); every variant starts from the same state (built from the
+same keys), takes one warm-up step whose result is kept for comparison, then the variants take
+``steps`` timed steps each in turn, ``rounds`` times, so that a drift in the machine's speed
+falls on all of them alike.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from flops_memory import _setup
+
+from distillation import _models
+from distillation._algorithms import rcig
+
+
+def build(dataset, width: int, patch: dict[str, object]):
+    """The compiled default RCIG step (1 ipc) traced with ``_models``' attributes in ``patch``."""
+    saved = {name: getattr(_models, name) for name in patch}
+    for name, value in patch.items():
+        setattr(_models, name, value)
+    try:
+        step, state, x, y = _setup(dataset, width, 1, rcig())
+        compiled = step.lower(state, x, y).compile()
+    finally:
+        for name, value in saved.items():
+            setattr(_models, name, value)
+    return compiled, state, x, y
+
+
+def rel(a, b) -> float:
+    """``‖a − b‖ / ‖b‖`` in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def interleaved(variants: dict, steps: int, rounds: int, tag: str = "") -> dict:
+    """Time ``variants`` (label → ``build``'s tuple) interleaved. Returns the mean seconds per
+    step overall and by round, and each variant's support images and outer loss after its
+    (untimed) first step."""
+    states, first = {}, {}
+    for label, (compiled, state, x, y) in variants.items():
+        state, aux = jax.block_until_ready(compiled(state, x, y))
+        first[label] = (np.asarray(state.support.images), float(np.asarray(aux["outer_loss"])))
+        states[label] = state
+    times: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(rounds):
+        for label, (compiled, _, x, y) in variants.items():
+            state = states[label]
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                state, _aux = jax.block_until_ready(compiled(state, x, y))
+                times[label].append(time.perf_counter() - t0)
+            states[label] = state
+        print(tag, {k: round(float(np.mean(v)), 3) for k, v in times.items()}, flush=True)
+    return {
+        "s_per_step": {k: float(np.mean(v)) for k, v in times.items()},
+        "s_per_step_by_round": {
+            k: [float(np.mean(v[i * steps : (i + 1) * steps])) for i in range(rounds)]
+            for k, v in times.items()
+        },
+        "first_step": first,
+    }
