@@ -491,11 +491,19 @@ def epoch_batch(data_key: Array, position: Array, n: int, batch: int) -> Array:
     as the released code's repeated, shuffled ``tf.data`` stream."""
     key = jax.random.wrap_key_data(data_key)
     first = position // n
-    spans = batch // n + 2  # the epochs a batch can touch
-    perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), n))(
-        first + jnp.arange(spans, dtype=position.dtype)
-    )
+    epoch = lambda e: jax.random.permutation(jax.random.fold_in(key, e), n)
     where = position + jnp.arange(batch, dtype=position.dtype)
+    if batch <= n:
+        # Two epochs at most, and the second only when the batch runs past the first's end
+        # (once an epoch): each permutation is a sort of n keys (2×22 ms for MNIST's 60,000 on
+        # a CPU core, 3 % of an RCIG iteration at width 32).
+        crosses = position % n + batch > n
+        current = epoch(first)
+        second = jax.lax.cond(crosses, epoch, lambda e: jnp.zeros_like(current), first + 1)
+        perms = jnp.stack([current, second])
+    else:
+        spans = batch // n + 2  # the epochs a batch can touch
+        perms = jax.vmap(epoch)(first + jnp.arange(spans, dtype=position.dtype))
     return perms[where // n - first, where % n]
 
 
