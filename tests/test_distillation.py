@@ -188,6 +188,27 @@ def test_add_bias_is_x_plus_b_in_value_and_every_derivative(x64):
     check_grads(loss, (x[:4], b), order=2, modes=["fwd", "rev"])
 
 
+def test_avg_pool2_is_the_mean_of_each_window_in_value_and_derivatives(x64):
+    """``avg_pool2`` (a ``reduce_window`` sum, as flax's ``avg_pool``) is the mean of every
+    2×2 window, odd trailing rows and columns dropped, with autodiff's check to second order."""
+    x = jax.random.normal(jax.random.key(0), (3, 7, 6, 2), jnp.float64)
+    xs = np.asarray(x)
+    ref = xs[:, :6, :6].reshape(3, 3, 2, 3, 2, 2).mean((2, 4))
+    np.testing.assert_allclose(avg_pool2(x), ref, rtol=1e-15)
+    with jax.enable_x64(False):
+        x32 = jnp.asarray(xs[:, :6], jnp.float32)
+        exact = np.asarray(x32, np.float64).reshape(3, 3, 2, 3, 2, 2).mean((2, 4))
+        # four float32 terms: a few ulp of the largest
+        atol = 4 * np.finfo(np.float32).eps * np.abs(x32).max()
+        np.testing.assert_allclose(jax.jit(avg_pool2)(x32), exact, rtol=0, atol=atol)
+    check_grads(
+        lambda v: jnp.sum(jnp.sin(avg_pool2(jnp.asarray(v))) ** 2),
+        (x,),
+        order=2,
+        modes=["fwd", "rev"],
+    )
+
+
 def _converged(make):
     """The algorithm with its inner problem run to convergence (plain gradient descent) and an
     exact (dense) linear solve, so that its meta-loss is the true bilevel objective."""
