@@ -163,7 +163,7 @@ def test_softplus_rule_equals_jax_softplus_to_third_order(x64):
 
 
 def test_add_bias_is_x_plus_b_in_value_and_every_derivative(x64):
-    """``add_bias`` (the bias broadcast behind a barrier, for XLA:CPU's sake) is ``x + b``:
+    """``add_bias`` (the bias as an outer product with ones, for XLA:CPU's sake) is ``x + b``:
     equal values in float32 (jitted), equal derivatives of both arguments in forward and reverse
     mode, and autodiff's own check to second order, through a nonlinearity, in float64."""
     kx, kb, kg = jax.random.split(jax.random.key(0), 3)
