@@ -174,10 +174,14 @@ def avg_pool2(x: Array) -> Array:
     over the window axes of a reshaped batch, the same values; XLA:CPU fused the softplus
     before it into that reduction and computed it there without vectorising: 150 ms for a
     1024-image 32×32×32 activation and its pooling, 82 ms now, and 0.88–0.89× per RCIG iteration;
-    ``benchmarks/pooling.py``.)
+    ``benchmarks/pooling.py``.) The ¼ is applied before the sum, where XLA fuses it into the
+    activation that makes ``x``: applied after, it fused into the transposing copy that the
+    next layer's kernel gradient makes of the pooled batch (batch axis last), and that fusion
+    runs ~4× slower than a bare transpose (``benchmarks/pool_scale.py``). Scaling by a power of
+    two is exact, so the values are the same but for subnormal inputs.
     """
     window = (1, 2, 2, 1)
-    return 0.25 * jax.lax.reduce_window(x, 0.0, jax.lax.add, window, window, "VALID")
+    return jax.lax.reduce_window(0.25 * x, 0.0, jax.lax.add, window, window, "VALID")
 
 
 def lecun_normal(key: PRNGKeyArray, shape: tuple[int, ...], dtype) -> Array:
