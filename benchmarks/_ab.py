@@ -20,17 +20,18 @@ from distillation import _models
 from distillation._algorithms import rcig
 
 
-def build(dataset, width: int, patch: dict[str, object]):
-    """The compiled default RCIG step (1 ipc) traced with ``_models``' attributes in ``patch``."""
-    saved = {name: getattr(_models, name) for name in patch}
+def build(dataset, width: int, patch: dict[str, object], module=_models):
+    """The compiled default RCIG step (1 ipc) traced with ``module``'s attributes (default
+    ``distillation._models``) in ``patch``."""
+    saved = {name: getattr(module, name) for name in patch}
     for name, value in patch.items():
-        setattr(_models, name, value)
+        setattr(module, name, value)
     try:
         step, state, x, y = _setup(dataset, width, 1, rcig())
         compiled = step.lower(state, x, y).compile()
     finally:
         for name, value in saved.items():
-            setattr(_models, name, value)
+            setattr(module, name, value)
     return compiled, state, x, y
 
 
@@ -43,11 +44,13 @@ def rel(a, b) -> float:
 def interleaved(variants: dict, steps: int, rounds: int, tag: str = "") -> dict:
     """Time ``variants`` (label → ``build``'s tuple) interleaved. Returns the mean seconds per
     step overall and by round, and each variant's support images and outer loss after its
-    (untimed) first step."""
-    states, first = {}, {}
+    (untimed) first step, and its pool models' weights then (``first_pool``, flattened)."""
+    states, first, first_pool = {}, {}, {}
     for label, (compiled, state, x, y) in variants.items():
         state, aux = jax.block_until_ready(compiled(state, x, y))
         first[label] = (np.asarray(state.support.images), float(np.asarray(aux["outer_loss"])))
+        leaves = jax.tree_util.tree_leaves(state.pool.models)
+        first_pool[label] = np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves])
         states[label] = state
     times: dict[str, list[float]] = {label: [] for label in variants}
     for _ in range(rounds):
@@ -66,4 +69,5 @@ def interleaved(variants: dict, steps: int, rounds: int, tag: str = "") -> dict:
             for k, v in times.items()
         },
         "first_step": first,
+        "first_pool": first_pool,
     }

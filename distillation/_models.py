@@ -14,6 +14,7 @@ The model is split into ``body`` (:class:`ConvBody`, the feature extractor ``θ_
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal
 
 import equinox as eqx
@@ -113,11 +114,71 @@ def _fresh_batch_norm(channels: int, dtype) -> BatchNorm:
     return BatchNorm(ones, zeros, zeros, ones)
 
 
-def conv2d(x: Array, w: Array, pad: int, stride: int = 1, compute_dtype: str = "float32") -> Array:
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x: Array, w: Array, pad: int) -> Array:
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1), [(pad, pad), (pad, pad)], dimension_numbers=_DN
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d_forward_vjp(x: Array, w: Array, pad: int) -> Array:
+    """``conv2d`` at stride 1 (float32), whose reverse-mode derivative is written as two
+    convolutions in the forward layout (NHWC batch, HWIO kernel), for loops on XLA:CPU.
+
+    JAX's transposes of a convolution are convolutions with other dimension numbers; in
+    straight-line code XLA:CPU rewrites them into its kernels' layout, but inside a loop or a
+    conditional it does not, and runs the kernel gradient as a naive loop (~20× slower,
+    ``benchmarks/cpu_loops.py``). Here the input gradient is the convolution of the cotangent
+    with the flipped, transposed kernel, and the kernel gradient the convolution of the images
+    with the images as the batch axis moved to features (``[C_in, H, W, N]``) by the cotangent
+    as an ``H'×W'`` kernel (``[H', W', N, C_out]``): the same sums, so the same values to float
+    rounding. Reverse mode only (``jax.jvp`` of it raises): the pool's training step, which is
+    never differentiated, is what uses it (``ModelPool``; ``benchmarks/pool_loop.py``).
+    """
+    return _conv(x, w, pad)
+
+
+def _conv_fwd(x, w, pad):
+    return _conv(x, w, pad), (x, w)
+
+
+def _conv_bwd(pad, residuals, g):
+    x, w = residuals
+    kh, kw = w.shape[:2]
+    # ∂x: the full correlation of g with the kernel flipped in space, C_in and C_out swapped.
+    dx = jax.lax.conv_general_dilated(
+        g,
+        jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2),
+        (1, 1),
+        [(kh - 1 - pad, kh - 1 - pad), (kw - 1 - pad, kw - 1 - pad)],
+        dimension_numbers=_DN,
+    )
+    # ∂w[i, j, c, o] = Σ_{n,h,w} x_pad[n, h+i, w+j, c] g[n, h, w, o]: C_in as the batch, N as
+    # the features, g as the kernel; the output [C_in, kh, kw, C_out] back to HWIO.
+    dw = _conv(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), pad)
+    return dx, dw.transpose(1, 2, 0, 3)
+
+
+conv2d_forward_vjp.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv2d(
+    x: Array,
+    w: Array,
+    pad: int,
+    stride: int = 1,
+    compute_dtype: str = "float32",
+    forward_vjp: bool = False,
+) -> Array:
     """A 2-D convolution of an NHWC batch with HWIO weights and symmetric zero padding.
 
     ``compute_dtype="bfloat16"``: the operands are rounded to bfloat16 and the products summed
     in float32 (the result is float32), the mixed precision of accelerators' matrix units.
+    ``forward_vjp=True``: at stride 1 in float32, :func:`conv2d_forward_vjp` (reverse mode only,
+    fast inside XLA:CPU loops); otherwise ignored.
     """
     if pad > 1:
         # Zero-pad explicitly down to padding 1: XLA:CPU hands 3×3 convolutions with padding
@@ -138,8 +199,10 @@ def conv2d(x: Array, w: Array, pad: int, stride: int = 1, compute_dtype: str = "
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             preferred_element_type=jnp.float32,
         ).astype(out_dtype)
+    if forward_vjp and stride == 1 and pad < min(w.shape[:2]):
+        return conv2d_forward_vjp(x, w, pad)
     return jax.lax.conv_general_dilated(
-        x, w, (stride, stride), [(pad, pad), (pad, pad)], dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x, w, (stride, stride), [(pad, pad), (pad, pad)], dimension_numbers=_DN
     )
 
 
@@ -208,10 +271,13 @@ class ConvBody(eqx.Module):
     compute_dtype: str = eqx.field(static=True, default="float32")
     batch_norms: tuple[BatchNorm, ...] = ()
 
-    def _blocks(self, x: Array, train: bool) -> tuple[Array, tuple[BatchNorm, ...]]:
+    def _blocks(
+        self, x: Array, train: bool, forward_vjp: bool = False
+    ) -> tuple[Array, tuple[BatchNorm, ...]]:
         moved = []
         for i, (w, b, pad) in enumerate(zip(self.weights, self.biases, self.paddings, strict=True)):
-            x = add_bias(conv2d(x, w, pad, compute_dtype=self.compute_dtype), b)
+            conv = conv2d(x, w, pad, compute_dtype=self.compute_dtype, forward_vjp=forward_vjp)
+            x = add_bias(conv, b)
             if self.norm == "batch":
                 if train:
                     x, bn = self.batch_norms[i].train_forward(x)
@@ -224,14 +290,21 @@ class ConvBody(eqx.Module):
             x = avg_pool2(x)
         return x.reshape(x.shape[0], -1), tuple(moved)
 
-    def __call__(self, x: Float[Array, "n h w c"]) -> Float[Array, "n d"]:
-        return self._blocks(x, train=False)[0]
+    def __call__(
+        self, x: Float[Array, "n h w c"], *, forward_vjp: bool = False
+    ) -> Float[Array, "n d"]:
+        """Features of ``x``. ``forward_vjp=True``: the convolutions' reverse-mode derivative
+        as forward-layout convolutions (:func:`conv2d_forward_vjp`; fast inside XLA:CPU loops,
+        no forward mode), the same values."""
+        return self._blocks(x, train=False, forward_vjp=forward_vjp)[0]
 
-    def train_forward(self, x: Float[Array, "n h w c"]) -> tuple[Float[Array, "n d"], ConvBody]:
+    def train_forward(
+        self, x: Float[Array, "n h w c"], *, forward_vjp: bool = False
+    ) -> tuple[Float[Array, "n d"], ConvBody]:
         """Training mode: batch norm with the statistics of ``x`` (one whole batch); returns
         the features and the body with updated running statistics (the same as calling it
         without batch norm)."""
-        features, moved = self._blocks(x, train=True)
+        features, moved = self._blocks(x, train=True, forward_vjp=forward_vjp)
         return features, dataclasses.replace(self, batch_norms=moved)
 
 
@@ -254,13 +327,18 @@ class ConvNet(eqx.Module):
     body: ConvBody
     head: Head
 
-    def __call__(self, x: Float[Array, "n h w c"]) -> Float[Array, "n k"]:
-        return self.head(self.body(x))
+    def __call__(
+        self, x: Float[Array, "n h w c"], *, forward_vjp: bool = False
+    ) -> Float[Array, "n k"]:
+        """Outputs for ``x`` (``forward_vjp``: see :meth:`ConvBody.__call__`)."""
+        return self.head(self.body(x, forward_vjp=forward_vjp))
 
-    def train_forward(self, x: Float[Array, "n h w c"]) -> tuple[Float[Array, "n k"], ConvNet]:
+    def train_forward(
+        self, x: Float[Array, "n h w c"], *, forward_vjp: bool = False
+    ) -> tuple[Float[Array, "n k"], ConvNet]:
         """Training mode (see :meth:`ConvBody.train_forward`): outputs and the network with
         updated running statistics."""
-        features, body = self.body.train_forward(x)
+        features, body = self.body.train_forward(x, forward_vjp=forward_vjp)
         return self.head(features), dataclasses.replace(self, body=body)
 
     @property

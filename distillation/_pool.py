@@ -45,10 +45,15 @@ class ModelPool(eqx.Module):
         reset_every: ``K``, steps after which a model is re-initialised.
         optimizer: optax optimizer of the standard-dynamics training step.
         max_steps: training steps per selection are drawn uniformly from ``1 … max_steps``.
-        unroll: run the ``max_steps`` steps as straight-line code, each applied only when it is
-            within the drawn count (XLA:CPU runs convolution gradients much faster outside
-            loops, ``benchmarks/cpu_loops.py``); ``False``: a loop of exactly the drawn count
-            (no wasted work, the better choice on accelerators). ``None``: unroll on CPU only.
+        unroll: ``False`` (the default, ``None``): a loop of exactly the drawn count. ``True``:
+            the ``max_steps`` steps as straight-line code, each applied only when it is within
+            the drawn count (all ``max_steps`` computed: ~2× the work on average at 15); the
+            default on CPU until 2026-12-05, when loops ran XLA:CPU's convolution gradients
+            ~20× slower (``benchmarks/cpu_loops.py``).
+        forward_vjp: the loop's convolution gradients as forward-layout convolutions
+            (:func:`~distillation._models.conv2d_forward_vjp`), which XLA:CPU runs fast inside a
+            loop; the same values to float rounding. ``None``: on CPU only (an accelerator's
+            library has its own gradient kernels). Not used by the straight-line steps.
     """
 
     make_model: ModelFactory = eqx.field(static=True)
@@ -57,6 +62,7 @@ class ModelPool(eqx.Module):
     optimizer: optax.GradientTransformation = eqx.field(static=True)
     max_steps: int = eqx.field(default=15, static=True)
     unroll: bool | None = eqx.field(default=None, static=True)
+    forward_vjp: bool | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
         for name in ("size", "reset_every", "max_steps"):
@@ -139,14 +145,19 @@ class ModelPool(eqx.Module):
                 "Partitioned batch (subsampling with n_subset < |S|)."
             )
 
+        unroll = bool(self.unroll)
+        forward_vjp = not unroll and (
+            jax.default_backend() == "cpu" if self.forward_vjp is None else self.forward_vjp
+        )
+
         def loss_fn(m):
             # ½ mean over images and classes (the released code's Σ ½(f − y)² / (N·K)).
             if m.has_running_stats:
                 # Training mode, as the released pool: the batch's statistics, and the
                 # running ones moved towards them.
-                outputs, moved = m.train_forward(images)
+                outputs, moved = m.train_forward(images, forward_vjp=forward_vjp)
             else:
-                outputs, moved = map_batch(m, images), m
+                outputs, moved = map_batch(lambda xb: m(xb, forward_vjp=forward_vjp), images), m
             return 0.5 * jnp.mean((outputs - labels) ** 2), moved
 
         def one_step(carry):
@@ -159,7 +170,6 @@ class ModelPool(eqx.Module):
                 m = eqx.tree_at(lambda t: t.body.batch_norms, m, _with_stats(m, moved))
             return (m, o), loss
 
-        unroll = jax.default_backend() == "cpu" if self.unroll is None else self.unroll
         (model, opt_state), loss = one_step((model, opt_state))
         if unroll:
             for i in range(1, self.max_steps):

@@ -21,7 +21,15 @@ from distillation._algorithms import (
     vig,
 )
 from distillation._distill import DistillConfig, Distiller, init_support
-from distillation._models import SOFTPLUS_TEMPERATURE, add_bias, avg_pool2, conv_net, softplus_t
+from distillation._models import (
+    SOFTPLUS_TEMPERATURE,
+    add_bias,
+    avg_pool2,
+    conv2d,
+    conv2d_forward_vjp,
+    conv_net,
+    softplus_t,
+)
 from distillation._networks import LinearizedNetwork, StandardNetwork
 from distillation._objectives import ClosedFormHead, InnerProblem, closed_form_head
 from distillation._tuning import LearningRateTuner
@@ -186,6 +194,40 @@ def test_add_bias_is_x_plus_b_in_value_and_every_derivative(x64):
         return jnp.sum(jnp.tanh(avg_pool2(add_bias(jnp.asarray(x), jnp.asarray(b)))) ** 2)
 
     check_grads(loss, (x[:4], b), order=2, modes=["fwd", "rev"])
+
+
+@pytest.mark.parametrize("pad", [0, 1, 3])
+def test_conv2d_forward_vjp_has_the_convolutions_reverse_derivative(x64, pad):
+    """``conv2d_forward_vjp`` (the pool's convolution: its reverse-mode rule written as two
+    forward-layout convolutions, for XLA:CPU loops) equals ``conv2d`` in value and in both
+    cotangents, in float64 on odd sizes (pad 3 is padded explicitly down to 1, as the 28-px
+    layer); inside a ``fori_loop`` too; and refuses forward mode rather than being wrong."""
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (5, 9, 7, 3), jnp.float64)
+    w = jax.random.normal(kw, (3, 3, 3, 4), jnp.float64)
+    plain = lambda x, w: conv2d(x, w, pad)  # noqa: E731
+    fast = lambda x, w: conv2d(x, w, pad, forward_vjp=True)  # noqa: E731
+    y, back = jax.vjp(plain, x, w)
+    y_fast, back_fast = jax.vjp(fast, x, w)
+    np.testing.assert_allclose(y_fast, y, rtol=1e-14)
+    g = jax.random.normal(kg, y.shape, jnp.float64)
+    for got, want in zip(back_fast(g), back(g), strict=True):
+        assert got.shape == want.shape
+        # sums of ≤ 5·9·7 float64 products: a relative 1e-12 is far above their rounding
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+    def looped(f, x, w):
+        def body(_, c):
+            return c - 1e-3 * jax.grad(lambda w: jnp.sum(jnp.tanh(f(x, w)) ** 2))(c)
+
+        return jax.lax.fori_loop(0, 3, body, w)
+
+    np.testing.assert_allclose(
+        jax.jit(lambda x, w: looped(fast, x, w))(x, w), looped(plain, x, w), rtol=1e-12
+    )
+    if pad < 3:  # the explicit pad goes through conv2d, not the rule
+        with pytest.raises(TypeError, match="custom_vjp"):
+            jax.jvp(lambda w: conv2d_forward_vjp(x, w, pad), (w,), (w,))
 
 
 def test_avg_pool2_is_the_mean_of_each_window_in_value_and_derivatives(x64):

@@ -432,7 +432,8 @@ def test_pool_steps_per_selection_are_uniform_from_one_to_max_and_ages_start_at_
     counts = [int(step(state, k).ages[0]) for k in jax.random.split(jax.random.key(2), 200)]
     assert set(counts) == {1, 2, 3, 4}
     assert min(np.bincount(counts)[1:]) > 30  # roughly 50 each
-    # The masked straight-line steps equal a loop of exactly the drawn count.
+    # The masked straight-line steps equal a loop of exactly the drawn count (on CPU its
+    # convolution gradients are the forward-layout ones, conv2d_forward_vjp).
     looped = _pool(4, False)
     loop_step = jax.jit(lambda s, k: looped.train_step(s, jnp.asarray(0), x, y, key=k)[0])
     for k in jax.random.split(jax.random.key(3), 3):
