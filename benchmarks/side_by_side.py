@@ -14,15 +14,15 @@ seconds + the time stamp of each checkpoint); evaluate every set with the same p
 ``benchmarks/results/side_by_side.json``, the figure ``docs/figures/side_by_side_mnist.png``
 (accuracy against wall-clock seconds, the shape of the paper's Figure 8).
 
-``timing``: seconds per iteration at identical settings (target batch 1024, n_inner = n_H = 20,
-pool 30, no flip, fixed learning rates), ours and theirs alternated ``--rounds`` times in one run
-(theirs with ``RCIG_LRS`` so that it skips its tuning; the cost of an iteration does not depend on
-the rates), each the mean of the steady-state iteration times (from the third on, as the
-harness's ``siter.py``). Output: ``benchmarks/results/side_by_side_timing.json``. Ours runs with
-the ``XLA_FLAGS`` importing ``distillation`` sets (XLA:CPU's own convolutions,
-``distillation/_xla_cpu.py``), theirs with this process's at its start (``--official-flags ours``:
-with ours too). ``--dataset cifar10``: the same on CIFAR-10 (flip on) with the scratch harness
-below (``--harness``, ``--cifar10-npz``).
+``timing``: seconds per iteration at identical settings (target batch 1024, n_inner = n_H = 20, pool
+30, no flip, fixed learning rates), ours and theirs alternated ``--rounds`` times in one run (theirs
+first in even rounds, ours first in odd ones; theirs with ``RCIG_LRS`` so that it skips its tuning;
+the cost of an iteration does not depend on the rates), each the mean of the steady-state iteration
+times (from the third on, as the harness's ``siter.py``). Output:
+``benchmarks/results/side_by_side_timing.json``. Ours runs with the ``XLA_FLAGS`` importing
+``distillation`` sets (XLA:CPU's own convolutions, ``distillation/_xla_cpu.py``), theirs with this
+process's at its start (``--official-flags ours``: with ours too). ``--dataset cifar10``: the same
+on CIFAR-10 (flip on) with the scratch harness below (``--harness``, ``--cifar10-npz``).
 
 ``--dataset cifar10``: the same on CIFAR-10 (``../shared/data/cifar10``, flip on as their
 ``depth_3.txt``; output ``side_by_side_cifar10.json`` and ``side_by_side_cifar10.png``). The shared
@@ -398,8 +398,11 @@ def timing(args) -> None:
         _official_siter, xla_flags=theirs_flags or "", extra_env=extra_env, harness=harness
     )
     ours_fn = functools.partial(_ours_siter, dataset_name=args.dataset)
+    both = (("official", official), ("ours", ours_fn))
     for r in range(args.rounds):
-        for who, fn in (("official", official), ("ours", ours_fn)):
+        # theirs first in even rounds, ours first in odd ones (since 2026-12-05 evening; a
+        # precaution against an advantage of either position, benchmarks/ab_position.py)
+        for who, fn in both if r % 2 == 0 else both[::-1]:
             start = time.perf_counter()
             s = fn(args.width, args.iters)
             rows.append(
