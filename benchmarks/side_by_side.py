@@ -22,7 +22,9 @@ times (from the third on, as the harness's ``siter.py``). Output:
 ``benchmarks/results/side_by_side_timing.json``. Ours runs with the ``XLA_FLAGS`` importing
 ``distillation`` sets (XLA:CPU's own convolutions, ``distillation/_xla_cpu.py``), theirs with this
 process's at its start (``--official-flags ours``: with ours too). ``--dataset cifar10``: the same
-on CIFAR-10 (flip on) with the scratch harness below (``--harness``, ``--cifar10-npz``).
+on CIFAR-10 (flip on) with the scratch harness below (``--harness``, ``--cifar10-npz``). Both
+codes run with this process's environment; ``GLIBC_TUNABLES`` (glibc's allocator settings,
+e.g. ``glibc.malloc.hugetlb=1``: docs/performance.md) is recorded with the result.
 
 ``--dataset cifar10``: the same on CIFAR-10 (``../shared/data/cifar10``, flip on as their
 ``depth_3.txt``; output ``side_by_side_cifar10.json`` and ``side_by_side_cifar10.png``). The shared
@@ -422,6 +424,9 @@ def timing(args) -> None:
         "width": args.width,
         "iters": args.iters,
         "xla_flags": {"ours": os.environ.get("XLA_FLAGS"), "official": theirs_flags},
+        # glibc's allocator settings, the same for both (the children inherit this process's
+        # environment; docs/performance.md, "The step's temporary buffer")
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "rows": rows,
         "ours_s_per_iter": ours,
         "official_s_per_iter": theirs,
