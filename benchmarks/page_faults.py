@@ -17,13 +17,19 @@ Settings (environment of the child process):
   transparent huge pages on its ``mmap`` chunks (``madvise``), one fault per 2 MiB.
 * ``arena1``: ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=10**11``: every
   thread allocates from the main heap, which is never returned, so the buffer is reused.
+* ``reuse``: the child first calls glibc's ``mallopt(M_MMAP_MAX, 0)`` and
+  ``mallopt(M_TRIM_THRESHOLD, -1)`` (no block by its own ``mmap``, the main heap never
+  trimmed), keeping one arena per thread. Measured 2026-12-05: no effect, because the buffer is
+  allocated on one of XLA's worker threads, and glibc serves a block too large for a thread's
+  arena with ``mmap`` whatever ``M_MMAP_MAX`` says (``benchmarks/malloc_threads.py``).
 
 Run alone on the CPU::
 
     python benchmarks/page_faults.py --cases cifar10:32,mnist:32 \\
         --settings default,hugetlb,arena1 --steps 8 --rounds 3
 
-Writes ``benchmarks/results/page_faults.json`` and ``docs/benchmarks/page_faults.md``.
+Writes ``benchmarks/results/page_faults.json`` and ``docs/benchmarks/page_faults.md`` (``--out
+NAME``: ``NAME.json``, ``NAME.md``).
 """
 
 from __future__ import annotations
@@ -44,11 +50,18 @@ SETTINGS = {
         "MALLOC_MMAP_MAX_": "0",
         "MALLOC_TRIM_THRESHOLD_": str(10**11),
     },
+    "reuse": {"PAGE_FAULTS_REUSE": "1"},
 }
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def child(case: str, steps: int) -> dict:
+    if os.environ.get("PAGE_FAULTS_REUSE"):
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        assert libc.mallopt(-4, 0) == 1 and libc.mallopt(-1, -1) == 1  # M_MMAP_MAX, M_TRIM_...
     import resource
     import time
 
@@ -92,6 +105,11 @@ def main(argv=None) -> None:
     parser.add_argument("--settings", default="default,hugetlb,arena1")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--out",
+        default="page_faults",
+        help="name of the outputs: benchmarks/results/NAME.json and docs/benchmarks/NAME.md",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -116,10 +134,11 @@ def main(argv=None) -> None:
                 row["load"] = os.getloadavg()[0]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    (ROOT / "benchmarks" / "results" / "page_faults.json").write_text(json.dumps(rows, indent=1))
+    (ROOT / "benchmarks" / "results" / f"{args.out}.json").write_text(json.dumps(rows, indent=1))
     cmd = (
         f"python benchmarks/page_faults.py --cases {args.cases} --settings {args.settings} "
         f"--steps {args.steps} --rounds {args.rounds}"
+        + ("" if args.out == "page_faults" else f" --out {args.out}")
     )
     lines = [
         "# Page faults of the step's temporary buffer, and the allocator's settings",
@@ -128,7 +147,7 @@ def main(argv=None) -> None:
         "",
         "Each setting in a fresh process per round, the order reversed every other round; "
         f"{args.steps} timed steps after 2 warm-up steps; means over the rounds (per round in "
-        "`benchmarks/results/page_faults.json`). CPU seconds are summed over the two cores.",
+        f"`benchmarks/results/{args.out}.json`). CPU seconds are summed over the two cores.",
         "",
         "| case | setting | temp buffer MiB (4 KiB pages) | s / step | minor faults / step "
         "| user CPU s / step | system CPU s / step | s / step vs default |",
@@ -150,7 +169,7 @@ def main(argv=None) -> None:
                 f"{mean('user_s_per_step'):.3f} | {mean('sys_s_per_step'):.3f} | "
                 f"{mean('s_per_step') / base:.2f} |"
             )
-    out = ROOT / "docs" / "benchmarks" / "page_faults.md"
+    out = ROOT / "docs" / "benchmarks" / f"{args.out}.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
