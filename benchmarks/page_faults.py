@@ -22,6 +22,10 @@ Settings (environment of the child process):
   trimmed), keeping one arena per thread. Measured 2026-12-05: no effect, because the buffer is
   allocated on one of XLA's worker threads, and glibc serves a block too large for a thread's
   arena with ``mmap`` whatever ``M_MMAP_MAX`` says (``benchmarks/malloc_threads.py``).
+* ``sync``: ``jax_cpu_enable_async_dispatch = False`` alone (programs run on the calling thread).
+* ``keep``: :func:`distillation.reuse_host_memory`, what ``rcig`` does since 2026-12-05: the
+  ``reuse`` settings *and* ``sync``, so that the buffer is allocated on the main thread, whose
+  heap the ``mallopt`` settings keep.
 
 Run alone on the CPU::
 
@@ -51,6 +55,8 @@ SETTINGS = {
         "MALLOC_TRIM_THRESHOLD_": str(10**11),
     },
     "reuse": {"PAGE_FAULTS_REUSE": "1"},
+    "sync": {"PAGE_FAULTS_SYNC": "1"},
+    "keep": {"PAGE_FAULTS_KEEP": "1"},
 }
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -66,6 +72,13 @@ def child(case: str, steps: int) -> dict:
     import time
 
     import jax
+
+    if os.environ.get("PAGE_FAULTS_SYNC"):
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+    if os.environ.get("PAGE_FAULTS_KEEP"):
+        from distillation._host_memory import reuse_host_memory
+
+        assert reuse_host_memory({})
     import numpy as np
     from flops_memory import _setup
     from iteration_time import DATA
@@ -94,6 +107,7 @@ def child(case: str, steps: int) -> dict:
         "user_s_per_step": (r1.ru_utime - r0.ru_utime) / steps,
         "sys_s_per_step": (r1.ru_stime - r0.ru_stime) / steps,
         "temp_mib": temp / 2**20,
+        "max_rss_mib": r1.ru_maxrss / 2**10,
         "temp_pages": temp / PAGE,
         "support_abs_sum": float(np.abs(np.asarray(state.support.images)).sum()),
     }
@@ -150,8 +164,8 @@ def main(argv=None) -> None:
         f"`benchmarks/results/{args.out}.json`). CPU seconds are summed over the two cores.",
         "",
         "| case | setting | temp buffer MiB (4 KiB pages) | s / step | minor faults / step "
-        "| user CPU s / step | system CPU s / step | s / step vs default |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| user CPU s / step | system CPU s / step | peak resident MiB | s / step vs default |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case in args.cases.split(","):
         base = None
@@ -167,6 +181,7 @@ def main(argv=None) -> None:
                 f"| {case} | {setting} | {mean('temp_mib'):.0f} ({mean('temp_pages'):.0f}) | "
                 f"{mean('s_per_step'):.3f} | {mean('faults_per_step'):.0f} | "
                 f"{mean('user_s_per_step'):.3f} | {mean('sys_s_per_step'):.3f} | "
+                f"{mean('max_rss_mib'):.0f} | "
                 f"{mean('s_per_step') / base:.2f} |"
             )
     out = ROOT / "docs" / "benchmarks" / f"{args.out}.md"

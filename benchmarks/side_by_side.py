@@ -24,7 +24,9 @@ times (from the third on, as the harness's ``siter.py``). Output:
 process's at its start (``--official-flags ours``: with ours too). ``--dataset cifar10``: the same
 on CIFAR-10 (flip on) with the scratch harness below (``--harness``, ``--cifar10-npz``). Both
 codes run with this process's environment; ``GLIBC_TUNABLES`` (glibc's allocator settings,
-e.g. ``glibc.malloc.hugetlb=1``: docs/performance.md) is recorded with the result.
+e.g. ``glibc.malloc.hugetlb=1``: docs/performance.md) is recorded with the result. Like
+``rcig``, this process first calls :func:`distillation.reuse_host_memory` (ours' per-step
+buffers kept in the heap; ``RCIG_HOST_MEMORY=system``: not), recorded as ``host_memory_reused``.
 
 ``--dataset cifar10``: the same on CIFAR-10 (``../shared/data/cifar10``, flip on as their
 ``depth_3.txt``; output ``side_by_side_cifar10.json`` and ``side_by_side_cifar10.png``). The shared
@@ -427,6 +429,8 @@ def timing(args) -> None:
         # glibc's allocator settings, the same for both (the children inherit this process's
         # environment; docs/performance.md, "The step's temporary buffer")
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        # ours' per-step buffers kept in the heap (distillation.reuse_host_memory, as rcig)
+        "host_memory_reused": args.host_memory,
         "rows": rows,
         "ours_s_per_iter": ours,
         "official_s_per_iter": theirs,
@@ -539,6 +543,10 @@ def main() -> None:
     c = sub.add_parser("cifar10-arrays")
     c.add_argument("out", type=Path)
     args = parser.parse_args()
+    # as `rcig` does first thing (since 2026-12-05): XLA:CPU's per-step buffers kept in the heap
+    # (distillation/_host_memory.py; RCIG_HOST_MEMORY=system: not). The released code runs in
+    # its own processes, with its own defaults.
+    args.host_memory = distillation.reuse_host_memory()
     {"accuracy": accuracy, "timing": timing, "cifar10-arrays": cifar10_arrays}[args.what](args)
 
 

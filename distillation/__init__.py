@@ -24,7 +24,8 @@ Public names (``docs/architecture.md`` shows how they fit together):
 * The run: :func:`run` with the callbacks :class:`Callback`, :class:`ProgressBar`,
   :class:`History`, :class:`Checkpointer`, :class:`Snapshots`, :class:`SignalStop`;
   :func:`distill` (a whole run from arrays) returning :class:`DistillResult`;
-  :class:`Interrupted`, :class:`RunFailed`, :class:`InterruptGuard`.
+  :class:`Interrupted`, :class:`RunFailed`, :class:`InterruptGuard`;
+  :func:`reuse_host_memory` (XLA:CPU's per-step buffers kept in the heap; ``rcig`` calls it).
 * Data, evaluation, export: :func:`load_dataset`, :func:`stream_dataset` (uint8 on disk until
   a batch is drawn) and its :class:`HostImages`, :class:`ImageDataset`, :class:`Preprocessor`,
   :class:`EvalConfig`, :func:`evaluate_support`, :func:`save_distilled`, :func:`load_distilled`,
@@ -70,6 +71,7 @@ from distillation._distill import (
     meta_optimizer,
     shard_state,
 )
+from distillation._host_memory import reuse_host_memory
 from distillation._interrupts import InterruptGuard
 from distillation._loop import (
     Callback,
@@ -195,6 +197,7 @@ __all__ = [
     "rcig",
     "rcig_paper_text",
     "read_flax_msgpack",
+    "reuse_host_memory",
     "released_augment",
     "released_preround",
     "released_schedule",

@@ -1354,6 +1354,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in commands:
         parser.print_help()
         return 2
+    # Before anything runs on JAX: XLA:CPU's per-step buffers stay in the heap instead of being
+    # mapped (and page-faulted) anew every step; RCIG_HOST_MEMORY=system keeps the defaults.
+    from distillation._host_memory import reuse_host_memory
+
+    try:
+        reuse_host_memory()
+    except ValueError as exc:
+        print(f"rcig: error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "distill":
         problem = _start_distributed(args)
         if problem:

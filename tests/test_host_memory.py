@@ -1,0 +1,91 @@
+"""``reuse_host_memory``: XLA:CPU's per-execution buffer kept in glibc's heap (no page faults)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from distillation import reuse_host_memory
+from distillation._host_memory import _glibc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A program with a large temporary buffer (a 48 Mi-element intermediate, 192 MiB), run a few
+# times; the child reports the page faults of the runs after the first.
+CHILD = textwrap.dedent(
+    """
+    import json, resource, sys
+    from distillation import reuse_host_memory
+    applied = reuse_host_memory()
+    import jax, jax.numpy as jnp
+
+    @jax.jit
+    def f(x):
+        y = jnp.cumsum(x * 2.0 + 1.0)
+        return (y * y)[::3].sum() + y[1::7].sum()
+
+    x = jnp.linspace(0.0, 1e-6, 48 * 2**20, dtype=jnp.float32)
+    compiled = f.lower(x).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    out = [float(compiled(x))]
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        out.append(float(compiled(x)))
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 3
+    print("RESULT " + json.dumps(
+        {"applied": applied, "temp": temp, "faults": faults, "out": out,
+         "dispatch": jax.config.values["jax_cpu_enable_async_dispatch"]}))
+    """
+)
+
+
+def _child(**env) -> dict:
+    environ = {k: v for k, v in os.environ.items() if k != "RCIG_HOST_MEMORY"}
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD],
+        env=dict(environ, JAX_PLATFORMS="cpu", **env),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=True,
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+@pytest.mark.skipif(_glibc() is None, reason="needs glibc's mallopt (Linux)")
+def test_reuse_host_memory_keeps_the_step_buffer_mapped_and_changes_no_value():
+    kept = _child()
+    system = _child(RCIG_HOST_MEMORY="system")
+    assert kept["applied"] is True and kept["dispatch"] is False
+    assert system["applied"] is False and system["dispatch"] is True
+    pages = kept["temp"] / os.sysconf("SC_PAGE_SIZE")
+    assert pages > 40_000, kept  # the buffer is large enough for the faults to show
+    # reused: fewer faults per run than an eighth of the buffer's pages
+    assert kept["faults"] < pages / 8, (kept, pages)
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists() and "[always]" not in thp.read_text():
+        # without the setting every run maps the buffer anew: one fault per 4 KiB page
+        assert system["faults"] > pages / 2, (system, pages)
+    assert kept["out"] == system["out"]  # the same programs: the same values, bit for bit
+
+
+def test_reuse_host_memory_does_nothing_once_jax_has_started_or_when_asked():
+    jnp.zeros(1).block_until_ready()  # this test process's backends have started
+    assert reuse_host_memory({}) is False
+    assert jax.config.values["jax_cpu_enable_async_dispatch"] is True
+    assert reuse_host_memory({"RCIG_HOST_MEMORY": "system"}) is False
+
+
+def test_reuse_host_memory_names_a_bad_setting():
+    with pytest.raises(ValueError, match=r"RCIG_HOST_MEMORY='keep'.*'reuse'.*'system'"):
+        reuse_host_memory({"RCIG_HOST_MEMORY": "keep"})
