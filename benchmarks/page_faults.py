@@ -8,7 +8,10 @@ every step touches the whole buffer as new memory: one minor page fault per 4 Ki
 zeroed by the kernel. This benchmark runs the default RCIG step (1 ipc, width 32, target batch
 1024, n_inner = n_H = 20, pool 30) in a fresh process per allocator setting (glibc reads them at
 start), the settings alternated round by round, and reports per step: wall-clock seconds, minor
-page faults, user and system CPU seconds (``getrusage``), next to the buffer's size.
+page faults, user and system CPU seconds (``getrusage``), next to the buffer's size. A case
+``evaluate-NAME:WIDTH`` times one whole evaluation instead (``--steps`` × 100 training steps of
+one ConvNet on one image per class, then the test split; "per step" is then per evaluation, and
+the Σ|support| column holds its accuracy).
 
 Settings (environment of the child process):
 
@@ -87,6 +90,8 @@ def child(case: str, steps: int) -> dict:
     from distillation.data._datasets import load_dataset
 
     name, width = case.split(":")
+    if name.startswith("evaluate-"):
+        return _child_evaluate(name.removeprefix("evaluate-"), int(width), steps)
     dataset = load_dataset(str(DATA[name]))
     step, state, x, y = _setup(dataset, int(width), 1, rcig())
     compiled = step.lower(state, x, y).compile()
@@ -110,6 +115,47 @@ def child(case: str, steps: int) -> dict:
         "max_rss_mib": r1.ru_maxrss / 2**10,
         "temp_pages": temp / PAGE,
         "support_abs_sum": float(np.abs(np.asarray(state.support.images)).sum()),
+    }
+
+
+def _child_evaluate(name: str, width: int, steps: int) -> dict:
+    """``evaluate-NAME:WIDTH``: one evaluation (``steps`` × 100 training steps of one ConvNet
+    of ``width`` on 10 training images, then the test split), the whole call timed."""
+    import resource
+    import time
+
+    import jax
+    import numpy as np
+    from iteration_time import DATA
+
+    from distillation.data._datasets import load_dataset
+    from distillation.evaluation._evaluate import EvalConfig, evaluate_support
+
+    dataset = load_dataset(str(DATA[name]))
+    k = dataset.num_classes
+    pick = np.concatenate([np.flatnonzero(np.asarray(dataset.y_train) == c)[:1] for c in range(k)])
+    images = np.asarray(dataset.x_train[pick])
+    labels = np.asarray(dataset.y_train)[pick]
+    config = EvalConfig(models=1, width=width, steps=100 * steps)
+    run = lambda: evaluate_support(  # noqa: E731
+        images, labels, dataset.x_test, dataset.y_test, config, key=jax.random.key(0)
+    )
+    run()  # compiles
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t = time.perf_counter()
+    result = run()
+    seconds = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "case": f"evaluate-{name}:{width}",
+        "s_per_step": seconds,  # one whole evaluation
+        "faults_per_step": r1.ru_minflt - r0.ru_minflt,
+        "user_s_per_step": r1.ru_utime - r0.ru_utime,
+        "sys_s_per_step": r1.ru_stime - r0.ru_stime,
+        "temp_mib": float("nan"),
+        "max_rss_mib": r1.ru_maxrss / 2**10,
+        "temp_pages": float("nan"),
+        "support_abs_sum": result.mean,  # the accuracy, for equality
     }
 
 
