@@ -81,11 +81,22 @@ def test_reuse_host_memory_keeps_the_step_buffer_mapped_and_changes_no_value():
 
 def test_reuse_host_memory_does_nothing_once_jax_has_started_or_when_asked():
     jnp.zeros(1).block_until_ready()  # this test process's backends have started
+    # (an in-process `rcig` test may have applied it before JAX started in this worker)
+    before = jax.config.values["jax_cpu_enable_async_dispatch"]
     assert reuse_host_memory({}) is False
-    assert jax.config.values["jax_cpu_enable_async_dispatch"] is True
+    assert jax.config.values["jax_cpu_enable_async_dispatch"] is before  # left as it was
     assert reuse_host_memory({"RCIG_HOST_MEMORY": "system"}) is False
 
 
 def test_reuse_host_memory_names_a_bad_setting():
     with pytest.raises(ValueError, match=r"RCIG_HOST_MEMORY='keep'.*'reuse'.*'system'"):
         reuse_host_memory({"RCIG_HOST_MEMORY": "keep"})
+
+
+def test_rcig_names_a_bad_host_memory_setting_before_running(monkeypatch, tmp_path, capsys):
+    from distillation.cli._commands import main
+
+    monkeypatch.setenv("RCIG_HOST_MEMORY", "huge")
+    assert main(["evaluate", str(tmp_path / "absent.npz"), "--dataset", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "RCIG_HOST_MEMORY='huge': expected 'reuse' (the default) or 'system'" in err
