@@ -170,14 +170,20 @@ def main(argv=None) -> None:
         default="page_faults",
         help="name of the outputs: benchmarks/results/NAME.json and docs/benchmarks/NAME.md",
     )
+    parser.add_argument(
+        "--from-json",
+        action="store_true",
+        help="write the report from benchmarks/results/NAME.json again, running nothing",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args.steps)), flush=True)
         return
     settings = args.settings.split(",")
-    rows = []
-    for case in args.cases.split(","):
+    results = ROOT / "benchmarks" / "results" / f"{args.out}.json"
+    rows = json.loads(results.read_text()) if args.from_json else []
+    for case in [] if args.from_json else args.cases.split(","):
         for r in range(args.rounds):
             for setting in settings if r % 2 == 0 else settings[::-1]:
                 env = dict(os.environ, **SETTINGS[setting])
@@ -194,7 +200,8 @@ def main(argv=None) -> None:
                 row["load"] = os.getloadavg()[0]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    (ROOT / "benchmarks" / "results" / f"{args.out}.json").write_text(json.dumps(rows, indent=1))
+    if not args.from_json:
+        results.write_text(json.dumps(rows, indent=1))
     cmd = (
         f"python benchmarks/page_faults.py --cases {args.cases} --settings {args.settings} "
         f"--steps {args.steps} --rounds {args.rounds}"
@@ -206,8 +213,11 @@ def main(argv=None) -> None:
         f"Command: `{cmd}`",
         "",
         "Each setting in a fresh process per round, the order reversed every other round; "
-        f"{args.steps} timed steps after 2 warm-up steps; means over the rounds (per round in "
-        f"`benchmarks/results/{args.out}.json`). CPU seconds are summed over the two cores.",
+        f"{args.steps} timed steps after 2 warm-up steps (an `evaluate-` case: one whole "
+        f'evaluation of {100 * args.steps} training steps after one that compiles, and "per '
+        'step" is per evaluation; its buffer size is not measured); means over the rounds, '
+        f"per round below and in `benchmarks/results/{args.out}.json`. CPU seconds are summed "
+        "over the two cores.",
         "",
         "| case | setting | temp buffer MiB (4 KiB pages) | s / step | minor faults / step "
         "| user CPU s / step | system CPU s / step | peak resident MiB | s / step vs default |",
@@ -219,17 +229,36 @@ def main(argv=None) -> None:
             sel = [x for x in rows if x["case"] == case and x["setting"] == setting]
 
             def mean(key, sel=sel):
-                return sum(x[key] for x in sel) / len(sel)
+                return sum(x.get(key, float("nan")) for x in sel) / len(sel)
 
             if base is None:
                 base = mean("s_per_step")
+            temp = (
+                "—"
+                if case.startswith("evaluate-")
+                else f"{mean('temp_mib'):.0f} ({mean('temp_pages'):.0f})"
+            )
             lines.append(
-                f"| {case} | {setting} | {mean('temp_mib'):.0f} ({mean('temp_pages'):.0f}) | "
+                f"| {case} | {setting} | {temp} | "
                 f"{mean('s_per_step'):.3f} | {mean('faults_per_step'):.0f} | "
                 f"{mean('user_s_per_step'):.3f} | {mean('sys_s_per_step'):.3f} | "
                 f"{mean('max_rss_mib'):.0f} | "
                 f"{mean('s_per_step') / base:.2f} |"
             )
+    lines += [
+        "",
+        "Per round:",
+        "",
+        "| case | round | setting | s / step | minor faults / step | system CPU s / step "
+        "| peak resident MiB |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for x in rows:
+        lines.append(
+            f"| {x['case']} | {x['round']} | {x['setting']} | {x['s_per_step']:.3f} | "
+            f"{x['faults_per_step']:.0f} | {x['sys_s_per_step']:.3f} | "
+            f"{x.get('max_rss_mib', float('nan')):.0f} |"
+        )
     out = ROOT / "docs" / "benchmarks" / f"{args.out}.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

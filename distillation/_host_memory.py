@@ -15,15 +15,22 @@ only work together:
   the next step's buffer reuses its pages;
 * **JAX**: ``jax_cpu_enable_async_dispatch = False``, so a compiled program runs on the thread
   that calls it. With asynchronous dispatch XLA allocates the buffer on one of its worker
-  threads, whose glibc arena cannot grow past 64 MiB and serves a larger block with ``mmap``
-  whatever ``M_MMAP_MAX`` says (``benchmarks/malloc_threads.py``); on the calling (main)
-  thread it comes from the main heap, which the settings above keep.
+  threads, whose glibc arena cannot hold one block larger than ~64 MiB (its heaps' size) and
+  serves such a block with ``mmap`` whatever ``M_MMAP_MAX`` says
+  (``benchmarks/malloc_threads.py``); on the calling (main) thread it comes from the main heap,
+  which the settings above keep.
 
 The computed values do not change (the same programs run). The costs: the process's resident
 memory stays at its peak (the heap is not returned to the system until the process ends), and
 Python no longer runs ahead of the computation (it waits for each program instead of queueing
 the next; negligible against steps of a second). ``rcig`` calls it first thing; scripts that
 use the library can call it before anything runs on JAX.
+
+Where it gains nothing but still keeps the heap: JAX applies the dispatch setting to
+single-device programs only, so programs over several CPU devices (``--devices``, a sharded or
+multi-host run) still run on XLA's worker threads; on a GPU the step's buffers are device
+memory. With another allocator preloaded in place of glibc's (``LD_PRELOAD``), ``mallopt`` may
+be a stub that reports success and does nothing.
 
 It does nothing (and returns ``False``) when
 
@@ -62,7 +69,7 @@ def _glibc() -> ctypes.CDLL | None:
 def _backends_started() -> bool:
     try:
         from jax._src import xla_bridge
-    except ImportError:  # pragma: no cover - jax's layout changed: assume the worst
+    except ImportError:  # pragma: no cover - jax's layout changed: do nothing rather than guess
         return True
     started = getattr(xla_bridge, "backends_are_initialized", None)
     return True if started is None else bool(started())
@@ -99,7 +106,10 @@ def reuse_host_memory(environ: Mapping[str, str] | None = None) -> bool:
     libc = _glibc()
     if libc is None:
         return False
+    # glibc first: the dispatch setting alone costs a little and keeps nothing
+    if libc.mallopt(_M_MMAP_MAX, 0) != 1 or libc.mallopt(_M_TRIM_THRESHOLD, -1) != 1:
+        return False
     import jax
 
     jax.config.update("jax_cpu_enable_async_dispatch", False)
-    return bool(libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1)
+    return True

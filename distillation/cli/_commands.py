@@ -1363,6 +1363,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"rcig: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # e.g. a later jax without the dispatch setting: run as before
+        print(f"rcig: warning: host memory left at the defaults ({exc!r})", file=sys.stderr)
     if args.command == "distill":
         problem = _start_distributed(args)
         if problem:
