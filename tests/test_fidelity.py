@@ -376,6 +376,9 @@ def test_the_preround_inner_probe_gives_the_full_probes_inner_class_and_the_same
     )
 
 
+# slow: four distillation programs compiled (~40 s on 2 cores); the tuning rule itself is tested
+# fast above, on a scripted loss sequence.
+@pytest.mark.slow
 def test_the_schedule_alone_from_the_tuned_rates_replays_the_released_run():
     """``lr_tuning="schedule"`` from a pre-round's rates (``rcig(inner_lr=, hessian_lr=)``, as
     ``rcig distill --lr-tuning schedule --inner-lr --hessian-lr`` passes them) is the same run
