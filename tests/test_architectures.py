@@ -204,6 +204,8 @@ def test_bad_architecture_settings_are_refused(unchecked_types):
         EvalConfig(definition="mtt")
 
 
+# slow: an end-to-end command-line evaluation of two networks (~7 s)
+@pytest.mark.slow
 def test_evaluate_several_networks_from_the_command_line(tmp_path, capsys):
     """`--norm none,batch` trains both; the JSON is keyed by arch/norm; a 32-px-only network on
     8-px digits is refused with a message naming the flag."""

@@ -337,6 +337,8 @@ def test_released_preround_inner_probe_replaces_the_probe_in_the_inner_loop_only
     assert seen["probe"] == list(range(n_inner, n_both))
 
 
+# slow: two pre-rounds compiled (~9 s); the pre-round's rule is tested fast above, on a script
+@pytest.mark.slow
 def test_the_preround_inner_probe_gives_the_full_probes_inner_class_and_the_same_rates():
     """``preround_probe(hessian=False)`` classifies this tiny inner solve as the full probe
     does, at rates on both sides of the monotone limit, and ``tune_learning_rates`` ends at the
@@ -499,6 +501,8 @@ def test_pool_drift_is_the_pool_adams_step_with_a_zero_gradient(x64):
         assert rel_err(tree_ravel(at_k), tree_ravel(drifted(state, jnp.asarray(0), k))) < 1e-14
 
 
+# slow: ~14 s of float64 compilation; the drift itself is tested fast just above
+@pytest.mark.slow
 def test_the_inner_solve_linearises_at_the_pool_weights_moved_step_by_step(x64):
     """Row 32, the released order (``drift_order="stepwise"``, default): inner step ``k`` takes
     its loss and gradient with the pool model moved ``k`` times, and the result is the inner
