@@ -1,14 +1,17 @@
 """Whether ours' starting draws and the released code's come from one distribution (MNIST, 1 ipc).
 
-The two codes cannot share a start (tf.data's generator is not ours), so a single seed's start
-can be much better for one code than for the other (seed 2 at width 32: ours' start scores 9
+Until 2026-12-06 ours drew its start with the released rule but its own generator
+(``init_draw="buffer"``, then the default), so a single seed's start could be much better for one
+code than for the other (seed 2 at width 32: ours' start scores 9
 points under theirs, ``start_quality.py``). This asks whether that is the draw's luck or a
 difference in how the two draw:
 
 1. **Which examples.** For seeds ``0 … N−1`` the training indices the released ``init_proto``
    picks (``official_init_indices.py``, run in the official harness's venv) against those ours
-   picks for the same seeds (``_pick_as_released``, the key ``distill`` gives it), class by
-   class: a two-sample Kolmogorov–Smirnov test and the mean index.
+   picks for the same seeds with ``init_draw="buffer"`` (``_pick_from_buffer``, the key ``distill``
+   gives it), class by class: a two-sample Kolmogorov–Smirnov test and the mean index. Also how
+   many seeds today's default ``init_draw="released"`` (tf.data's shuffle reproduced,
+   ``_pick_as_released``) picks exactly the released code's examples for.
 2. **How good the starts are.** A ``start_quality.py`` results file over many seeds: per seed
    ours − theirs (the same evaluation networks for both, so the difference is paired), its mean
    and standard error, and each code's mean.
@@ -64,7 +67,7 @@ def main() -> None:
     p.add_argument("--png", type=Path, default=None)
     a = p.parse_args()
 
-    from distillation._distill import _pick_as_released
+    from distillation._distill import _pick_as_released, _pick_from_buffer
     from distillation.data._datasets import load_dataset
 
     folder, _, _ = DATASETS["mnist"]
@@ -75,7 +78,7 @@ def main() -> None:
     theirs = np.asarray([theirs_by_seed[s] for s in seeds])  # (seeds, K), class order
     ours = np.asarray(
         [
-            _pick_as_released(dataset.y_train, k, 1, jax.random.split(jax.random.key(s))[0])
+            _pick_from_buffer(dataset.y_train, k, 1, jax.random.split(jax.random.key(s))[0])
             for s in seeds
         ]
     )
@@ -112,8 +115,16 @@ def main() -> None:
         f"{0.05 / k:.4f}); identical picks on {int(np.sum(np.all(ours == theirs, 1)))} seeds",
         flush=True,
     )
+    exact = np.asarray([_pick_as_released(dataset.y_train, k, 1, s) for s in seeds])
+    n_exact = int(np.sum(np.all(exact == theirs, 1)))
+    print(
+        f"init_draw='released' (tf.data's shuffle reproduced): theirs exactly on {n_exact} "
+        f"of {len(seeds)} seeds",
+        flush=True,
+    )
     summary: dict = {
         "seeds": len(seeds),
+        "released_draw_exact_seeds": n_exact,
         "per_class": per_class,
         "min_pvalue": float(pvals.min()),
         "bonferroni_threshold": 0.05 / k,

@@ -53,6 +53,7 @@ from distillation._models import Activation, ConvNet, Norm, conv_net, default_de
 from distillation._networks import Partitioned
 from distillation._objectives import InnerProblem
 from distillation._pool import ModelPool, PoolState
+from distillation._tf_shuffle import key_seed, tf_shuffle_order
 from distillation._tuning import (
     LearningRateTuner,
     classify_trace,
@@ -66,7 +67,7 @@ from distillation.evaluation._augment import with_mirrors
 LrTuning = Literal["released", "schedule", "probe", "none"]
 AdaBelief = Literal["released", "current"]
 DriftOrder = Literal["stepwise", "before"]
-InitDraw = Literal["released", "uniform"]
+InitDraw = Literal["released", "buffer", "uniform"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,11 +113,14 @@ class DistillConfig:
             are zero there, so only the counter carries over). ``False``: from 0.
         center_labels: initial labels ``one-hot − 1/K`` (the released code) instead of one-hot.
         init_draw: how the starting images are drawn (:func:`init_support`): ``"released"``,
-            the released code's ``init_proto``: the training set in its stored order through a
-            shuffle buffer of ``10·ipc·K`` examples, the first ``ipc`` of each class to come out
-            (so the start is drawn from the first few hundred examples of the file);
-            ``"uniform"``: ``ipc`` per class uniformly from the whole class (this project before
-            2026-12-04).
+            the released code's ``init_proto``: the training set in its stored order through
+            tf.data's shuffle buffer of ``10·ipc·K`` examples, seeded with the run's seed, the
+            first ``ipc`` of each class to come out: the very images the released code starts
+            from with the same seed and the same stored order (the key passed to
+            :func:`distill` is read as ``jax.random.key(seed)``); ``"buffer"``: the same rule
+            with this project's generator from the key (the default 2026-12-04 – 2026-12-06:
+            the same distribution, other images); ``"uniform"``: ``ipc`` per class uniformly
+            from the whole class (this project before 2026-12-04).
         l2_per_image: ``λ = l2_per_image · (images learned)``; ``None`` (default): the released
             configs' ``l2_rate`` for the network's depth, 0.0005 up to depth 4 and 0.05 at
             depth 5 (``configs_final/depth_5.txt``, the 128-px datasets).
@@ -206,9 +210,9 @@ class DistillConfig:
                 "DistillConfig: `adabelief` must be 'released' or 'current', got "
                 f"{self.adabelief!r}."
             )
-        if self.init_draw not in ("released", "uniform"):
+        if self.init_draw not in ("released", "buffer", "uniform"):
             raise ValueError(
-                "DistillConfig: `init_draw` must be 'released' or 'uniform', got "
+                "DistillConfig: `init_draw` must be 'released', 'buffer' or 'uniform', got "
                 f"{self.init_draw!r}."
             )
         if self.drift_order not in ("stepwise", "before"):
@@ -274,22 +278,34 @@ def init_support(
     center_labels: bool = False,
     indices: Sequence[int] | None = None,
     draw: InitDraw = "uniform",
+    seed: int | None = None,
 ) -> SupportSet:
     """``ipc`` real images per class drawn at random, with one-hot labels, or, with
     ``center_labels``, ``one-hot − 1/K`` (the released code's start).
 
     ``draw``: ``"uniform"``, ``ipc`` per class uniformly from the whole class; ``"released"``,
-    as the released code's ``init_proto``: the examples in their stored order through a shuffle
-    buffer of ``10·ipc·K`` (tf.data's ``shuffle``: each output is a uniformly chosen slot of the
-    buffer, refilled with the next example), the first ``ipc`` of each class to come out.
-    ``indices``: these training examples instead of a draw (``ipc`` of each class, see
-    :func:`check_init_indices`)."""
-    if draw not in ("uniform", "released"):
-        raise ValueError(f"init_support: `draw` must be 'uniform' or 'released', got {draw!r}.")
+    the released code's ``init_proto`` exactly: the examples in their stored order through
+    tf.data's ``shuffle(10·ipc·K, seed=seed)`` (reproduced in NumPy, see
+    ``distillation/_tf_shuffle.py``), the first ``ipc`` of each class to come out, so the
+    released code with the same seed and the same stored order starts from the same images;
+    ``seed`` defaults to the integer ``key`` was made from (``jax.random.key(seed)``).
+    ``"buffer"``: the same buffer rule with this project's generator from ``key`` (the same
+    distribution, other images). ``indices``: these training examples instead of a draw
+    (``ipc`` of each class, see :func:`check_init_indices`)."""
+    if draw not in ("uniform", "released", "buffer"):
+        raise ValueError(
+            f"init_support: `draw` must be 'uniform', 'released' or 'buffer', got {draw!r}."
+        )
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer)):
+        raise ValueError(f"init_support: `seed` must be an integer or None, got {seed!r}.")
     if indices is not None:
         picks = check_init_indices(indices, labels, num_classes, ipc)
     elif draw == "released":
-        picks = _pick_as_released(labels, num_classes, ipc, key)
+        if seed is None:
+            seed = key_seed(jax.random.key_data(key))
+        picks = _pick_as_released(labels, num_classes, ipc, int(seed))
+    elif draw == "buffer":
+        picks = _pick_from_buffer(labels, num_classes, ipc, key)
     else:
         picks = _pick_per_class(labels, num_classes, ipc, key)
     onehot = one_hot(labels[picks], num_classes)
@@ -354,10 +370,29 @@ def _pick_per_class(labels: np.ndarray, num_classes: int, ipc: int, key: Array) 
     return np.concatenate(picks)
 
 
-def _pick_as_released(labels: np.ndarray, num_classes: int, ipc: int, key: Array) -> np.ndarray:
-    """The released ``init_proto``'s draw (``algorithms.py`` 1000–1034): ``ds.shuffle(10·ipc·K)``
-    over the examples in stored order, ``group_by_window`` by class with windows of ``ipc``, the
-    first window of each class. The stream stops once every class is full."""
+def _pick_as_released(labels: np.ndarray, num_classes: int, ipc: int, seed: int) -> np.ndarray:
+    """The released ``init_proto``'s draw (``algorithms.py`` 1013–1034) exactly:
+    ``ds.shuffle(10·ipc·K, seed=seed)`` over the examples in stored order (tf.data's algorithm
+    and generator, :func:`tf_shuffle_order`), ``group_by_window`` by class with windows of
+    ``ipc``, the first window of each class. The stream stops once every class is full."""
+    _check_class_sizes(labels, num_classes, ipc)
+    taken: list[list[int]] = [[] for _ in range(num_classes)]
+    missing = num_classes
+    for example in tf_shuffle_order(len(labels), 10 * ipc * num_classes, seed):
+        group = taken[int(labels[example])]
+        if len(group) < ipc:
+            group.append(example)
+            missing -= len(group) == ipc
+            if not missing:
+                break
+    return np.concatenate([np.asarray(t, dtype=np.int64) for t in taken])
+
+
+def _pick_from_buffer(labels: np.ndarray, num_classes: int, ipc: int, key: Array) -> np.ndarray:
+    """``init_draw="buffer"``: the released draw's rule (a ``10·ipc·K`` shuffle buffer over the
+    stored order, the first ``ipc`` of each class) with this project's generator from ``key``:
+    the same distribution as the released draw, other images (the default 2026-12-04 –
+    2026-12-06)."""
     _check_class_sizes(labels, num_classes, ipc)
     rng = _host_rng(key)
     n = len(labels)
@@ -1181,6 +1216,7 @@ def distill(
         center_labels=config.center_labels,
         indices=init_indices,
         draw=config.init_draw,
+        seed=key_seed(jax.random.key_data(key)),  # the released code's init_proto(seed=...)
     )
     distiller = Distiller.build(
         algorithm, config, image_shape=x_train.shape[1:], num_classes=num_classes, mesh=mesh

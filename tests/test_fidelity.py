@@ -787,6 +787,11 @@ def test_command_line_defaults_follow_the_released_configs():
         parse(["distill", "--dataset", "x", "--init-draw", "uniform"]), gray, "rcig", 0
     )
     assert uniform.distill_config(100).init_draw == "uniform"
+    buffer = _resolve(
+        parse(["distill", "--dataset", "x", "--init-draw", "buffer"]), gray, "rcig", 0
+    )
+    assert buffer.distill_config(100).init_draw == "buffer"
+    assert buffer.fingerprint() != _resolve(explicit, gray, "rcig", 0).fingerprint()
     assert uniform.fingerprint() != _resolve(explicit, gray, "rcig", 0).fingerprint()
     subset = _resolve(parse(["distill", "--dataset", "x"]), gray, "random", 0)
     assert subset.distill_config(100).init_draw == "uniform"  # a random subset is uniform
@@ -796,35 +801,133 @@ def test_the_released_init_draws_the_first_of_each_class_from_a_shuffle_buffer()
     """Row 34: the released ``init_proto`` passes the training set, in its stored order, through
     ``tf.data``'s ``shuffle(10·ipc·K)`` and keeps the first ``ipc`` of each class to come out. Its
     k-th output is one of the first ``B + k`` examples, so its starts come from the head of the
-    file; a uniform draw spreads over the whole class."""
-    from distillation._distill import _pick_as_released, _pick_per_class
+    file; a uniform draw spreads over the whole class. ``released`` (tf.data's generator, the
+    run's seed) and ``buffer`` (our generator, the key) follow the same rule."""
+    from distillation._distill import _pick_as_released, _pick_from_buffer, _pick_per_class
 
     k, n = 10, 6000
     labels = np.tile(np.arange(k), n // k)  # classes interleaved, as in MNIST's file
+    draws = {
+        "released": lambda ipc, s: _pick_as_released(labels, k, ipc, s),
+        "buffer": lambda ipc, s: _pick_from_buffer(labels, k, ipc, jax.random.key(s)),
+    }
     for ipc in (1, 3):
         b = 10 * ipc * k
-        released = [_pick_as_released(labels, k, ipc, jax.random.key(s)) for s in range(40)]
         uniform = [_pick_per_class(labels, k, ipc, jax.random.key(s)) for s in range(40)]
-        for picks in released:
-            assert np.array_equal(np.bincount(labels[picks], minlength=k), np.full(k, ipc))
-            assert np.array_equal(labels[picks], np.repeat(np.arange(k), ipc))
-            # every class is full long before the stream has passed 2·B examples
-            assert picks.max() < 2 * b
-        assert np.mean(released) < b  # the head of the file
         assert np.mean(uniform) > n / 4  # the whole file
-        assert len({tuple(p) for p in released}) > 30  # a draw, not a fixed choice
-    # The same key gives the same start; a class sorted to the end of the file is still reached.
-    np.testing.assert_array_equal(
-        _pick_as_released(labels, k, 1, jax.random.key(5)),
-        _pick_as_released(labels, k, 1, jax.random.key(5)),
-    )
+        for draw in draws.values():
+            picked = [draw(ipc, s) for s in range(40)]
+            for picks in picked:
+                assert np.array_equal(np.bincount(labels[picks], minlength=k), np.full(k, ipc))
+                assert np.array_equal(labels[picks], np.repeat(np.arange(k), ipc))
+                # every class is full long before the stream has passed 2·B examples
+                assert picks.max() < 2 * b
+            assert np.mean(picked) < b  # the head of the file
+            assert len({tuple(p) for p in picked}) > 30  # a draw, not a fixed choice
     ordered = np.repeat(np.arange(k), n // k)
-    picks = _pick_as_released(ordered, k, 2, jax.random.key(0))
-    assert np.array_equal(ordered[picks], np.repeat(np.arange(k), 2))
-    # class 9 starts at 5400: its first two out of the buffer come from near its start
-    assert picks[-2:].min() >= 5400 and picks[-2:].max() < 5400 + 2 * 200
+    for name, pick in (
+        ("released", lambda ipc, s: _pick_as_released(ordered, k, ipc, s)),
+        ("buffer", lambda ipc, s: _pick_from_buffer(ordered, k, ipc, jax.random.key(s))),
+    ):
+        # The same seed gives the same start; a class sorted to the end of the file is reached.
+        np.testing.assert_array_equal(pick(1, 5), pick(1, 5))
+        picks = pick(2, 0)
+        assert np.array_equal(ordered[picks], np.repeat(np.arange(k), 2)), name
+        # class 9 starts at 5400: its first two out of the buffer come from near its start
+        assert picks[-2:].min() >= 5400 and picks[-2:].max() < 5400 + 2 * 200, name
     with pytest.raises(ValueError, match="class 1 has only 0 training images"):
-        _pick_as_released(np.zeros(50, dtype=np.int64), 2, 1, jax.random.key(0))
+        _pick_as_released(np.zeros(50, dtype=np.int64), 2, 1, 0)
+    with pytest.raises(ValueError, match="class 1 has only 0 training images"):
+        _pick_from_buffer(np.zeros(50, dtype=np.int64), 2, 1, jax.random.key(0))
+
+
+def test_philox4x32_matches_the_random123_known_answers():
+    """tf.data's shuffle draws from Philox-4×32-10; ours must be that generator bit for bit. The
+    known-answer vectors of Random123 (``kat_vectors``, the generator's reference
+    implementation): counter, key → output."""
+    from distillation._tf_shuffle import philox4x32
+
+    cases = [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        (
+            (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+            (0xA4093822, 0x299F31D0),
+            (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+        ),
+    ]
+    counters = np.asarray([c for c, _, _ in cases[:1]] * 2, np.uint64)  # a batch of equal rows
+    assert np.array_equal(philox4x32(counters, (0, 0)), np.asarray([cases[0][2]] * 2, np.uint32))
+    for counter, key, expected in cases:
+        got = philox4x32(np.asarray([counter], np.uint64), key)[0]
+        assert tuple(int(v) for v in got) == expected, [hex(int(v)) for v in got]
+
+
+def test_tf_shuffle_order_is_tensorflows():
+    """``tf_shuffle_order(n, B, seed)`` is ``tf.data.Dataset.range(n).shuffle(B, seed=seed)``'s
+    first iteration. Expected values printed by TensorFlow 2.21 (the official harness's venv,
+    no global seed), 2026-12-06: a buffer smaller than the data, one larger, and seeds that
+    TensorFlow truncates modulo 2³¹ − 1 (2³¹ + 5 acts as 6, 2³¹ − 1 as 0)."""
+    import itertools
+
+    from distillation._tf_shuffle import tf_shuffle_order
+
+    def first(n, b, seed, m=12):
+        return list(itertools.islice(tf_shuffle_order(n, b, seed), m))
+
+    assert first(50, 10, 0) == [2, 1, 10, 0, 7, 6, 15, 4, 3, 14, 8, 12]
+    assert first(50, 10, 1) == [0, 10, 3, 6, 7, 4, 11, 13, 17, 9, 19, 1]
+    assert first(200, 100, 2) == [60, 38, 20, 50, 78, 66, 39, 29, 51, 57, 28, 48]
+    assert first(30, 100, 5) == [25, 17, 5, 29, 27, 21, 11, 20, 15, 24, 1, 19]
+    assert first(40, 7, 123456789, 10) == [0, 1, 6, 9, 10, 8, 5, 11, 14, 7]
+    assert first(40, 7, 2**31 + 5, 10) == first(40, 7, 6, 10) == [2, 6, 5, 1, 3, 11, 4, 12, 14, 10]
+    assert first(40, 7, 2**31 - 1, 10) == first(40, 7, 0, 10) == [3, 4, 2, 1, 5, 8, 11, 12, 10, 14]
+    for n, b in ((50, 10), (30, 100), (1, 1), (0, 4)):
+        assert sorted(tf_shuffle_order(n, b, 3)) == list(range(n))  # a permutation
+    with pytest.raises(ValueError, match="buffer_size ≥ 1, got 5 and 0"):
+        next(tf_shuffle_order(5, 0, 0))
+
+
+def test_the_released_draw_starts_where_the_released_code_starts():
+    """With the run's seed, ``init_draw="released"`` picks exactly the training examples the
+    released ``init_proto`` picks: MNIST 1 ipc, seeds 0–199, the indices their code chose
+    (``benchmarks/official_init_indices.py`` in the official harness, committed as
+    ``benchmarks/results/official_init_indices_mnist_ipc1_200.json``). Only the first 150 of
+    MNIST's training labels matter (no pick reaches past 146); the rest are padding."""
+    import json
+    from pathlib import Path
+
+    from distillation._distill import _pick_as_released, init_support
+
+    head = (
+        "50419213143536172869409112432738690560761879398593307498094144604561001716302117902678"
+        "3904674680783157171163029311049200202718641634591338547742858673"
+    )
+    labels = np.zeros(60000, np.int64)
+    labels[: len(head)] = [int(c) for c in head]
+    path = (
+        Path(__file__).parents[1] / "benchmarks/results/official_init_indices_mnist_ipc1_200.json"
+    )
+    theirs = {int(s): v for s, v in json.loads(path.read_text()).items()}
+    assert len(theirs) == 200 and max(max(v) for v in theirs.values()) < len(head)
+    for seed, indices in theirs.items():
+        assert _pick_as_released(labels, 10, 1, seed).tolist() == indices, seed
+    # init_support reads the seed from jax.random.key(seed), as distill() does for its key.
+    images = np.arange(60000, dtype=np.float32).reshape(60000, 1, 1, 1)
+    for seed in (0, 2):
+        support = init_support(images, labels, 10, 1, key=jax.random.key(seed), draw="released")
+        assert np.asarray(support.images).ravel().astype(int).tolist() == theirs[seed]
+
+
+def test_init_support_names_a_bad_seed_or_draw(unchecked_types):
+    from distillation._distill import init_support
+
+    labels = np.tile(np.arange(10), 20)
+    images = np.zeros((200, 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="`seed` must be an integer or None, got 1.5"):
+        init_support(images, labels, 10, 1, key=jax.random.key(0), draw="released", seed=1.5)
+    with pytest.raises(ValueError, match="'uniform', 'released' or 'buffer', got 'tf'"):
+        init_support(images, labels, 10, 1, key=jax.random.key(0), draw="tf")
 
 
 def test_weights_are_initialised_as_the_released_models_flax_lecun_normal():

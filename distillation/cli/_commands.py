@@ -451,12 +451,13 @@ def _add_distill_args(p: argparse.ArgumentParser, ablate: bool = False) -> None:
     )
     p.add_argument(
         "--init-draw",
-        choices=("released", "uniform"),
+        choices=("released", "buffer", "uniform"),
         default="released",
         help="how the starting images are drawn: as the released code (default: the training "
-        "set in stored order through a shuffle buffer of 10*ipc*K, the first ipc of each class), "
-        "or uniformly from each whole class (uniform); the random-subset baseline always draws "
-        "uniformly",
+        "set in stored order through tf.data's shuffle buffer of 10*ipc*K seeded with --seed, "
+        "the first ipc of each class: the same images as the released code run with the same "
+        "seed), the same rule with this project's generator (buffer), or uniformly from each "
+        "whole class (uniform); the random-subset baseline always draws uniformly",
     )
     p.add_argument(
         "--frozen-weight",
