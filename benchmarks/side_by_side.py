@@ -40,6 +40,19 @@ standardisation + ZCA 0.1, on uint8 arrays made from the parquet copy)::
     RCIG_CIFAR10_NPZ=/tmp/c10h/cifar10_u8.npz DATASET=cifar10 CONFIG=depth_3.txt \
         bash /tmp/c10h/harness/run.sh 32 1 500 /tmp/orcig_c10_w32_s0 0
 
+The shared parquet is sorted by class, and the released code's target batches come from a
+16,384-example shuffle buffer over the stored order, so over that file its batches hold 4–8
+classes (``target_stream_skew.py``); ours draws exact epochs. For a comparison on equal terms
+both codes read the training set in one fixed permuted order (then they also start from the same
+images, ``init_draw="released"``)::
+
+    python benchmarks/side_by_side.py cifar10-arrays /tmp/c10h/cifar10_u8_perm0.npz --permute 0
+    RCIG_CIFAR10_NPZ=/tmp/c10h/cifar10_u8_perm0.npz DATASET=cifar10 CONFIG=depth_3.txt \
+        bash /tmp/c10h/harness/run.sh 32 1 500 /tmp/orcig_c10p_w32_s0 0
+    python benchmarks/side_by_side.py accuracy --dataset cifar10 --train-order 0 --seeds 0 \
+        --width 32 --steps 500 --official '/tmp/orcig_c10p_w{width}_s{seed}' \
+        --out benchmarks/results/side_by_side_cifar10_permuted.json
+
 Width 128: their tuning re-traces for each of its ~100 calls (~100 s each at width 128 here), so
 ``benchmarks/official_rcig_fast_forward.patch`` (a scratch copy again) lets it skip the calls below
 given rates: they only advance the loader's shuffle seed, as a real call does, and count as
@@ -135,7 +148,7 @@ def accuracy(args) -> None:
     from distillation.data._official import import_official
 
     folder, flip, official = DATASETS[args.dataset]
-    dataset = load_dataset(str(folder))
+    dataset = _in_train_order(load_dataset(str(folder)), args.train_order)
     suffix = "" if args.dataset == "mnist" else f"_{args.dataset}"
     out_path = args.out or RESULTS / f"side_by_side{suffix}.json"
     figure = FIGURES / (
@@ -217,6 +230,7 @@ def accuracy(args) -> None:
                     "adabelief": args.adabelief,
                     "rates_given": args.rates,
                     "init_indices": init,
+                    "train_order": args.train_order,
                     "learning_rates": [
                         result.learning_rates[0],
                         result.learning_rates[1],
@@ -443,8 +457,29 @@ def timing(args) -> None:
     print(f"ours {ours:.3f} s/iter, official {theirs:.3f} s/iter, ratio {ours / theirs:.2f}")
 
 
+def _train_permutation(n: int, seed: int | None) -> np.ndarray | None:
+    """``--train-order`` / ``--permute``: the one fixed order both codes read the training set in
+    (the shared CIFAR-10 parquet is sorted by class, which skews the released code's buffered
+    target stream: ``target_stream_skew.py``)."""
+    return None if seed is None else np.random.default_rng(seed).permutation(n)
+
+
+def _in_train_order(dataset, seed: int | None):
+    perm = _train_permutation(len(dataset.y_train), seed)
+    if perm is None:
+        return dataset
+    import dataclasses
+
+    print(f"training set in the order of permutation seed {seed} (first: {perm[:5].tolist()})")
+    return dataclasses.replace(
+        dataset, x_train=np.asarray(dataset.x_train)[perm], y_train=dataset.y_train[perm]
+    )
+
+
 def cifar10_arrays(args) -> None:
-    """The parquet copy of CIFAR-10 as uint8 arrays in file order, for the scratch harness."""
+    """The parquet copy of CIFAR-10 as uint8 arrays in file order (``--permute SEED``: the
+    training split in the order of that fixed permutation, as ``accuracy --train-order SEED``
+    reads it), for the scratch harness."""
     import io
 
     import pyarrow.parquet as pq
@@ -458,6 +493,10 @@ def cifar10_arrays(args) -> None:
             [np.asarray(Image.open(io.BytesIO(d["bytes"])).convert("RGB")) for d in columns["img"]]
         ).astype(np.uint8)
         arrays[f"y_{split}"] = np.asarray(columns["label"], np.int64)
+    perm = _train_permutation(len(arrays["y_train"]), args.permute)
+    if perm is not None:
+        arrays["x_train"], arrays["y_train"] = arrays["x_train"][perm], arrays["y_train"][perm]
+        arrays["train_order"] = perm
     np.savez(args.out, **arrays)
     print({k: v.shape for k, v in arrays.items()})
 
@@ -515,6 +554,14 @@ def main() -> None:
         "config's checkpoints up to --steps; --steps is always one)",
     )
     a.add_argument(
+        "--train-order",
+        type=int,
+        default=None,
+        help="ours reads the training set in the order of this fixed permutation seed, as the "
+        "released code reads the arrays of `cifar10-arrays --permute SEED` (the shared CIFAR-10 "
+        "parquet is sorted by class)",
+    )
+    a.add_argument(
         "--init-indices",
         type=lambda p: json.loads(Path(p).read_text()),
         default=None,
@@ -542,6 +589,7 @@ def main() -> None:
     )
     c = sub.add_parser("cifar10-arrays")
     c.add_argument("out", type=Path)
+    c.add_argument("--permute", type=int, default=None, help="the training split permuted")
     args = parser.parse_args()
     # as `rcig` does first thing (since 2026-12-05): XLA:CPU's per-step buffers kept in the heap
     # (distillation/_host_memory.py; RCIG_HOST_MEMORY=system: not). The released code runs in
