@@ -46,9 +46,12 @@ classes (``target_stream_skew.py``); ours draws exact epochs. For a comparison o
 both codes read the training set in one fixed permuted order (then they also start from the same
 images, ``init_draw="released"``)::
 
-    python benchmarks/side_by_side.py cifar10-arrays /tmp/c10h/cifar10_u8_perm0.npz --permute 0
-    RCIG_CIFAR10_NPZ=/tmp/c10h/cifar10_u8_perm0.npz DATASET=cifar10 CONFIG=depth_3.txt \
-        bash /tmp/c10h/harness/run.sh 32 1 500 /tmp/orcig_c10p_w32_s0 0
+    cp -r /tmp/c10h/harness /tmp/c10p/harness   # the CIFAR-10 copy, with the fast-forward below
+    patch -d /tmp/c10p/harness -p2 < benchmarks/official_rcig_fast_forward.patch
+    python benchmarks/side_by_side.py cifar10-arrays /tmp/c10p/cifar10_u8_perm0.npz --permute 0
+    RCIG_ZCA_PATH=/tmp/c10p/zca RCIG_CIFAR10_NPZ=/tmp/c10p/cifar10_u8_perm0.npz DATASET=cifar10 \
+        CONFIG=depth_3.txt RCIG_FF_INNER=1e-3 RCIG_FF_HVP=1.0 \
+        bash /tmp/c10p/harness/run.sh 32 1 500 /tmp/orcig_c10p_w32_s0 0
     python benchmarks/side_by_side.py accuracy --dataset cifar10 --train-order 0 --seeds 0 \
         --width 32 --steps 500 --official '/tmp/orcig_c10p_w{width}_s{seed}' \
         --out benchmarks/results/side_by_side_cifar10_permuted.json

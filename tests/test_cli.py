@@ -168,14 +168,19 @@ def test_distill_then_evaluate_json(tmp_path, capsys):
     assert result["acc_mean"] == pytest.approx(np.mean(result["accs"]))
     # --both: without and with augmentation, reported together; the first is the plain run.
     argv = ["evaluate", str(out / "distilled.npz"), "--dataset", "digits", "--models", "2",
-            "--steps", "20", "--width", "8", "--json", "--both"]  # fmt: skip
-    assert main(argv) == 0
+            "--steps", "20", "--width", "8", "--json"]  # fmt: skip
+    assert main([*argv, "--both"]) == 0
     printed = capsys.readouterr().out
     assert "(augment=False)" in printed and "(augment=True, released)" in printed
     both = json.loads(printed.strip().splitlines()[-1])
     assert set(both) == {"no_augment", "augment"}
     assert both["no_augment"] == result  # the same models and seed as the plain evaluation
-    assert both["augment"]["accs"] != result["accs"]
+    # ... and the second is the augmented evaluation itself. (Not "its accuracies differ from the
+    # plain ones": 20 steps of width-8 models on a 4-step set are near chance, where both
+    # evaluations can give the same numbers; 2026-12-06 they did, 12.5 and 10.0 each.)
+    assert main([*argv, "--augment"]) == 0
+    augmented = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert both["augment"] == augmented
 
 
 @pytest.mark.slow
