@@ -919,6 +919,33 @@ def test_the_released_draw_starts_where_the_released_code_starts():
         assert np.asarray(support.images).ravel().astype(int).tolist() == theirs[seed]
 
 
+def test_the_released_draw_matches_the_released_cifar10_runs():
+    """The same on CIFAR-10 read in one permuted order (``side_by_side.py cifar10-arrays
+    --permute 0``), seeds 0-2: the indices the released ``init_proto`` chose there
+    (``official_init_indices.py --dataset cifar10``, committed as
+    ``benchmarks/results/official_init_indices_cifar10_perm0.json``; the released runs checked
+    there started from exactly those images, their ``checkpoint_0``). Only the permuted file's
+    first 130 labels matter (no pick reaches past 103)."""
+    import json
+    from pathlib import Path
+
+    from distillation._distill import _pick_as_released
+
+    head = (
+        "51251854096243716285223245341589114405345572700662936694976280232473241714631621337720"
+        "53120406495211556859957787403325958550197160"
+    )
+    labels = np.zeros(50000, np.int64)
+    labels[: len(head)] = [int(c) for c in head]
+    path = Path(__file__).parents[1] / "benchmarks/results/official_init_indices_cifar10_perm0.json"
+    found = json.loads(path.read_text())
+    theirs = {int(s): v for s, v in found.items() if s.isdigit()}
+    gaps = found["checkpoint_0_max_abs_gap"]  # the runs checked: their starts, exactly
+    assert sorted(theirs) == [0, 1, 2] and "1" in gaps and set(gaps.values()) == {0.0}
+    for seed, indices in theirs.items():
+        assert _pick_as_released(labels, 10, 1, seed).tolist() == indices, seed
+
+
 def test_init_support_names_a_bad_seed_or_draw(unchecked_types):
     from distillation._distill import init_support
 
