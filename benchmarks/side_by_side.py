@@ -194,11 +194,8 @@ def accuracy(args) -> None:
                 else dict(zip(("inner_lr", "hessian_lr"), args.rates, strict=True))
             )
             init = None if args.init_indices is None else args.init_indices[str(seed)]
-            print(
-                f"[ours] seed {seed}: distilling {args.steps} iterations {given} from "
-                f"{'a draw of ours' if init is None else f'training examples {init}'}",
-                flush=True,
-            )
+            start = "its own draw (default init_draw)" if init is None else f"examples {init}"
+            print(f"[ours] seed {seed}: {args.steps} iterations {given} from {start}", flush=True)
             result = distill(
                 dataset.x_train,
                 dataset.y_train,
